@@ -1,0 +1,76 @@
+// Decode-phase paged attention: parameters and entry points (SPEC §2-§5, §7).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "pagedattn/types.h"
+
+namespace pagedattn {
+
+/// Tokens per V2 partition (SPEC §1). The V1/V2 entry points keep this contract.
+inline constexpr int kPartitionSize = 512;
+
+/// Block-sparse attention (SPEC §3). Active when vert_stride > 1.
+struct BlockSparseParams {
+  int local_blocks = 0;       ///< blocksparse_local_blocks
+  int vert_stride = 0;        ///< blocksparse_vert_stride; <= 1 turns sparsity off
+  int block_size = 0;         ///< blocksparse_block_size; a positive multiple of block_size when active
+  int head_sliding_step = 0;  ///< blocksparse_head_sliding_step; >= 0 slides by query head, < 0 by kv head
+  bool enabled() const { return vert_stride > 1; }
+};
+
+/// Everything one attention call needs. Shapes follow SPEC §2:
+struct PagedAttentionParams {
+  TensorView out;           ///< [num_seqs, num_heads, head_size], T, contiguous; written in place
+  TensorView query;         ///< [num_seqs, num_heads, head_size], T; dim 0 may be strided
+  TensorView key_cache;     ///< [num_blocks, num_kv_heads, head_size/x, block_size, x], CACHE_T; x = 16/sizeof(CACHE_T)
+  TensorView value_cache;   ///< [num_blocks, num_kv_heads, head_size, block_size], CACHE_T
+  TensorView block_tables;  ///< [num_seqs, max_num_blocks_per_seq], int32, rows contiguous
+  TensorView seq_lens;      ///< [num_seqs], int32
+  TensorView alibi_slopes;  ///< optional [num_heads], float32; leave undefined for none
+  int num_kv_heads = 0;
+  float scale = 1.0f;       ///< multiplies dot(q, k)
+  int block_size = 0;       ///< tokens per cache block: 8, 16 or 32
+  int max_seq_len = 0;      ///< upper bound of seq_lens; sizes V2 partitions
+  CacheDType kv_cache_dtype = CacheDType::kAuto;
+  float k_scale = 1.0f;     ///< dequantisation scale of an fp8 key cache
+  float v_scale = 1.0f;     ///< dequantisation scale of an fp8 value cache
+  int tp_rank = 0;          ///< tensor-parallel rank (block-sparse head offsets)
+  BlockSparseParams blocksparse{};
+  /// Checked mode (SPEC §7): also verify seq_lens and referenced block ids before computing.
+  /// On CUDA this runs a small validation kernel and reads one int back (a host sync).
+  bool checked = false;
+  /// cudaStream_t to run on (nullptr: the legacy default stream). Ignored on the CPU.
+  void* stream = nullptr;
+};
+
+/// V2 workspace tensors (SPEC §2), supplied by the caller.
+struct V2Workspace {
+  TensorView exp_sums;    ///< [num_seqs, num_heads, max_num_partitions], float32
+  TensorView max_logits;  ///< [num_seqs, num_heads, max_num_partitions], float32
+  TensorView tmp_out;     ///< [num_seqs, num_heads, max_num_partitions, head_size], T
+};
+
+/// ceil(max_seq_len / kPartitionSize), at least 1.
+int v2_max_num_partitions(int max_seq_len);
+
+/// V1: one pass per (sequence, head). Throws pagedattn::Error on bad input (nothing written).
+void paged_attention_v1(const PagedAttentionParams& p);
+
+/// V2: 512-token partitions write partial results into `ws`, then a reduce writes `out`.
+void paged_attention_v2(const PagedAttentionParams& p, const V2Workspace& ws);
+
+/// Bytes of workspace the `paged_attention` (auto) entry point needs for `p`. Depends only on
+/// the shapes, max_seq_len and the device (its SM count), never on the data, so a buffer
+/// sized once can be reused for every call of that shape, including under CUDA graph capture.
+std::size_t paged_attention_workspace_size(const PagedAttentionParams& p);
+
+/// Auto: picks the fastest path for the shape. `workspace` is device memory (host memory for
+/// the CPU backend) of at least paged_attention_workspace_size(p) bytes, 256-byte aligned.
+void paged_attention(const PagedAttentionParams& p, void* workspace, std::size_t workspace_bytes);
+
+/// The V1/V2 choice vLLM makes (SPEC §4), exposed so benchmarks can compare against it.
+bool vllm_rule_prefers_v1(int num_seqs, int num_heads, int max_seq_len);
+
+}  // namespace pagedattn

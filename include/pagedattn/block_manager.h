@@ -1,0 +1,2 @@
+#pragma once
+// placeholder: owned by the CPU-backend helper

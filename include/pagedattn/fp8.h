@@ -1,0 +1,2 @@
+#pragma once
+// placeholder: owned by the reference/fp8 helper

@@ -1,0 +1,95 @@
+// Public entry points: validate once, then hand the call to the backend of the tensors' device.
+#include "core/backend.h"
+#include "core/check.h"
+
+namespace pagedattn {
+namespace {
+
+using detail::AttentionShape;
+
+[[noreturn]] void no_cuda(const char* op) {
+  detail::fail(ErrorCode::kBackendError, op,
+               ": tensors are on a CUDA device but this build of pagedattn has no CUDA backend "
+               "(configure with PAGEDATTN_ENABLE_CUDA=ON)");
+}
+
+bool on_cuda(const AttentionShape& s) { return s.device.type == DeviceType::kCUDA; }
+
+void check_data(const PagedAttentionParams& p, const AttentionShape& s) {
+  if (!p.checked) return;
+  if (!on_cuda(s)) return detail::check_attention_data_host(p, s);
+#ifdef PAGEDATTN_WITH_CUDA
+  detail::cuda::check_attention_data(p, s);
+#endif
+}
+
+}  // namespace
+
+void paged_attention_v1(const PagedAttentionParams& p) {
+  const AttentionShape s = detail::validate_attention(p, "paged_attention_v1");
+  if (s.num_seqs == 0) return;
+  if (on_cuda(s)) {
+#ifdef PAGEDATTN_WITH_CUDA
+    check_data(p, s);
+    return detail::cuda::attention_v1(p, s);
+#else
+    no_cuda("paged_attention_v1");
+#endif
+  }
+  check_data(p, s);
+  detail::cpu::attention_v1(p, s);
+}
+
+void paged_attention_v2(const PagedAttentionParams& p, const V2Workspace& ws) {
+  const AttentionShape s = detail::validate_attention(p, "paged_attention_v2");
+  detail::validate_v2_workspace(p, s, ws);
+  if (s.num_seqs == 0) return;
+  if (on_cuda(s)) {
+#ifdef PAGEDATTN_WITH_CUDA
+    check_data(p, s);
+    return detail::cuda::attention_v2(p, s, ws);
+#else
+    no_cuda("paged_attention_v2");
+#endif
+  }
+  check_data(p, s);
+  detail::cpu::attention_v2(p, s, ws);
+}
+
+std::size_t paged_attention_workspace_size(const PagedAttentionParams& p) {
+  const AttentionShape s = detail::validate_attention(p, "paged_attention_workspace_size");
+  if (on_cuda(s)) {
+#ifdef PAGEDATTN_WITH_CUDA
+    return detail::cuda::auto_workspace_size(p, s);
+#else
+    no_cuda("paged_attention_workspace_size");
+#endif
+  }
+  return 0;  // the CPU backend's auto path is V1, which needs no workspace
+}
+
+void paged_attention(const PagedAttentionParams& p, void* workspace, std::size_t workspace_bytes) {
+  const AttentionShape s = detail::validate_attention(p, "paged_attention");
+  if (on_cuda(s)) {
+#ifdef PAGEDATTN_WITH_CUDA
+    const std::size_t need = detail::cuda::auto_workspace_size(p, s);
+    if (workspace_bytes < need || (need > 0 && workspace == nullptr))
+      detail::fail(ErrorCode::kInvalidArgument, "paged_attention: workspace_bytes is ", workspace_bytes,
+                   " but this shape needs paged_attention_workspace_size() = ", need, " bytes");
+    if (reinterpret_cast<std::uintptr_t>(workspace) % 256 != 0)
+      detail::fail(ErrorCode::kInvalidArgument, "paged_attention: workspace pointer must be 256-byte aligned");
+    if (s.num_seqs == 0) return;
+    check_data(p, s);
+    return detail::cuda::attention_auto(p, s, workspace, workspace_bytes);
+#else
+    no_cuda("paged_attention");
+#endif
+  }
+  (void)workspace;
+  (void)workspace_bytes;
+  if (s.num_seqs == 0) return;
+  check_data(p, s);
+  detail::cpu::attention_v1(p, s);
+}
+
+}  // namespace pagedattn

@@ -1,0 +1,1 @@
+// placeholder: owned by the reference/fp8 helper
