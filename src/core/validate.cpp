@@ -147,7 +147,9 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
   require_device(p.key_cache, op, "key_cache", s.device, "query");
   s.num_blocks = p.key_cache.shape[0];
   require_dim(p.key_cache, op, "key_cache", 1, s.num_kv_heads, "num_kv_heads");
-  require_dim(p.key_cache, op, "key_cache", 2, s.head_size / s.x, "head_size/x");
+  // ceil: with an fp8 cache (x = 16) head_size 120 needs 8 chunks; head_size/x = 7 would
+  // leave elements 112..119 outside the tensor.
+  require_dim(p.key_cache, op, "key_cache", 2, (s.head_size + s.x - 1) / s.x, "ceil(head_size/x)");
   require_dim(p.key_cache, op, "key_cache", 3, s.block_size, "block_size");
   require_dim(p.key_cache, op, "key_cache", 4, s.x, "x = 16/sizeof(cache element)");
   require_contiguous_from(p.key_cache, op, "key_cache", 2);
@@ -165,13 +167,14 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
   s.v_block_stride = p.value_cache.strides[0];
   s.v_head_stride = p.value_cache.strides[1];
   if (s.num_blocks > 0) {
-    const std::int64_t k_inner = std::int64_t(s.head_size) * s.block_size;
-    if (s.num_kv_heads > 1 && (s.k_head_stride < k_inner || s.v_head_stride < k_inner))
+    const std::int64_t k_inner = p.key_cache.shape[2] * s.x * s.block_size;  // ceil(head_size/x)*x*block_size
+    const std::int64_t v_inner = std::int64_t(s.head_size) * s.block_size;
+    if (s.num_kv_heads > 1 && (s.k_head_stride < k_inner || s.v_head_stride < v_inner))
       fail(kInv, op, ": key_cache/value_cache head strides (", s.k_head_stride, ", ", s.v_head_stride,
-           ") must be at least head_size*block_size = ", k_inner);
-    if (s.num_blocks > 1 && (s.kv_block_stride < k_inner || s.v_block_stride < k_inner))
+           ") must be at least (", k_inner, ", ", v_inner, "), the size of one head's block");
+    if (s.num_blocks > 1 && (s.kv_block_stride < k_inner || s.v_block_stride < v_inner))
       fail(kInv, op, ": key_cache/value_cache block strides (", s.kv_block_stride, ", ", s.v_block_stride,
-           ") must be at least head_size*block_size = ", k_inner);
+           ") must be at least (", k_inner, ", ", v_inner, "), the size of one head's block");
   }
 
   // tables
@@ -302,8 +305,6 @@ CacheShape validate_reshape_and_cache(const ReshapeAndCacheParams& p) {
 
   s.cache_storage = cache_storage_for(p.kv_cache_dtype, t);
   s.x = cache_x(s.cache_storage);
-  if (s.head_size % s.x != 0)
-    fail(kInv, op, ": head_size ", s.head_size, " is not a multiple of x = ", s.x, " for this cache dtype");
   const char* why = p.kv_cache_dtype == CacheDType::kAuto ? " (kv_cache_dtype auto: the key dtype)"
                                                            : " (an fp8 kv_cache_dtype stores one byte per element)";
   require_ndim(p.key_cache, op, "key_cache", 5, "[num_blocks, num_kv_heads, head_size/x, block_size, x]");

@@ -1,1 +1,403 @@
-// placeholder: owned by the CPU-backend helper
+// The CPU attention backend (SPEC §3): V1 and V2 with the same partial-result contract as
+// the GPU kernels.
+//
+// Work is split over (sequence, kv head) — and, for V2, partition — with OpenMP. One work
+// item handles every query head of its GQA group, so each cached key/value element is
+// decoded exactly once per call. A work item runs two passes over its token range:
+//   1. decode each key block into a [head_size][block_size] float tile and compute the
+//      logits of all group heads for that block (inner loop over the block's tokens);
+//   2. softmax (max, exp, sum) per head, then decode each value block into a float tile
+//      and accumulate p . v per head.
+// All arithmetic is float32; the result is rounded to the query dtype once at the end.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/check.h"
+#include "cpu/elem.h"
+
+namespace pagedattn::detail::cpu {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+/// Per-call constants every work item reads.
+struct Call {
+  const PagedAttentionParams* p = nullptr;
+  const AttentionShape* s = nullptr;
+  const std::int32_t* seq_lens = nullptr;
+  const std::int32_t* block_tables = nullptr;
+  const float* alibi = nullptr;  ///< [num_heads] or nullptr
+  Fp8Table k_table, v_table;     ///< fp8 caches only
+};
+
+/// SPEC §3 block-sparse rule for query head `h` (kv head `g`) and the cache block starting at
+/// token `t0` of a sequence of length `len`.
+bool block_attended(const PagedAttentionParams& p, const AttentionShape& s, int len, int h, int g, int t0) {
+  const BlockSparseParams& b = p.blocksparse;
+  if (!b.enabled()) return true;
+  const std::int64_t qb = (len - 1) / b.block_size;
+  const std::int64_t kb = t0 / b.block_size;
+  if (kb > qb - b.local_blocks) return true;
+  const std::int64_t step = b.head_sliding_step;
+  const std::int64_t off = step >= 0 ? (std::int64_t(p.tp_rank) * s.num_heads + h) * step + 1
+                                     : (std::int64_t(p.tp_rank) * s.num_kv_heads + g) * (-step) + 1;
+  return (kb + off) % b.vert_stride == 0;
+}
+
+/// Per-thread scratch and the two-pass computation over one token range of one
+/// (sequence, kv head). T is the query dtype, C the cache format, BS the block size (a
+/// compile-time trip count lets the per-block loops vectorise fully).
+template <class T, class C, int BS>
+class GroupWorker {
+ public:
+  explicit GroupWorker(const Call& c)
+      : c_(c),
+        s_(*c.s),
+        G_(s_.group_size()),
+        D_(s_.head_size),
+        q_(std::size_t(G_) * D_),
+        acc_(std::size_t(G_) * D_),
+        tile_(std::size_t(D_) * BS, 0.0f),
+        m_(G_),
+        l_(G_) {}
+
+  /// Attention of the query heads of kv head `g` of sequence `seq` over tokens
+  /// [t_begin, t_end) (t_begin a multiple of block_size). Leaves, per group head j:
+  /// max_logit(j), exp_sum(j) and the unnormalised output row acc(j). exp_sum is 0 (and
+  /// max_logit -inf) when no token of the range is attended.
+  void run(int seq, int g, int len, int t_begin, int t_end) {
+    const PagedAttentionParams& p = *c_.p;
+    const int n = t_end - t_begin;
+    const int b_begin = t_begin / BS;
+    const int b_end = (t_end + BS - 1) / BS;
+    const int row = (b_end - b_begin) * BS;  // logits row stride: whole blocks
+    logits_.resize(std::size_t(G_) * row);
+    mask_.resize(std::size_t(b_end - b_begin) * G_);
+    load_query(seq, g);
+
+    // Pass 1: logits.
+    const std::int32_t* table = c_.block_tables + seq * s_.bt_stride;
+    for (int b = b_begin; b < b_end; ++b) {
+      const int t0 = b * BS;
+      const int nt = std::min(BS, t_end - t0);
+      std::uint8_t* mask = &mask_[std::size_t(b - b_begin) * G_];
+      bool any = false;
+      for (int j = 0; j < G_; ++j) {
+        mask[j] = block_attended(p, s_, len, g * G_ + j, g, t0);
+        any = any || mask[j];
+      }
+      if (any) decode_key_block(table[b], g);
+      for (int j = 0; j < G_; ++j) {
+        float* lg = &logits_[std::size_t(j) * row + (t0 - t_begin)];
+        if (!mask[j]) {
+          std::fill(lg, lg + nt, kNegInf);
+          continue;
+        }
+        block_logits(&q_[std::size_t(j) * D_], lg, nt);
+        if (c_.alibi != nullptr) {
+          const float slope = c_.alibi[g * G_ + j];
+          for (int o = 0; o < nt; ++o) lg[o] += slope * float(t0 + o - len + 1);
+        }
+      }
+    }
+
+    // Softmax numerators in place.
+    for (int j = 0; j < G_; ++j) {
+      float* lg = &logits_[std::size_t(j) * row];
+      float m = kNegInf;
+      for (int t = 0; t < n; ++t) m = std::max(m, lg[t]);
+      float l = 0.0f;
+      if (m != kNegInf) {
+        for (int t = 0; t < n; ++t) {
+          lg[t] = std::exp(lg[t] - m);
+          l += lg[t];
+        }
+      }
+      std::fill(lg + n, lg + row, 0.0f);  // the tail of the last block weighs nothing
+      m_[j] = m;
+      l_[j] = l;
+    }
+
+    // Pass 2: weighted sum of values.
+    std::fill(acc_.begin(), acc_.end(), 0.0f);
+    for (int b = b_begin; b < b_end; ++b) {
+      const int t0 = b * BS;
+      const int nt = std::min(BS, t_end - t0);
+      const std::uint8_t* mask = &mask_[std::size_t(b - b_begin) * G_];
+      bool any = false;
+      for (int j = 0; j < G_; ++j) any = any || (mask[j] && l_[j] > 0.0f);
+      if (!any) continue;
+      decode_value_block(table[b], g, nt);
+      for (int j = 0; j < G_; ++j) {
+        if (!mask[j] || l_[j] == 0.0f) continue;
+        const float* pr = &logits_[std::size_t(j) * row + (t0 - t_begin)];
+        float* acc = &acc_[std::size_t(j) * D_];
+        for (int d = 0; d < D_; ++d) {
+          const float* v = &tile_[std::size_t(d) * BS];
+          float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+          for (int o = 0; o < BS; ++o) sum += pr[o] * v[o];
+          acc[d] += sum;
+        }
+      }
+    }
+  }
+
+  float max_logit(int j) const { return m_[j]; }
+  float exp_sum(int j) const { return l_[j]; }
+  const float* acc(int j) const { return &acc_[std::size_t(j) * D_]; }
+
+ private:
+  /// q_ = scale * query rows of the group, in float.
+  void load_query(int seq, int g) {
+    const auto* q = static_cast<const typename T::Storage*>(c_.p->query.data) + seq * s_.q_stride +
+                    std::int64_t(g) * G_ * D_;
+    const float scale = c_.p->scale;
+    for (int i = 0; i < G_ * D_; ++i) q_[i] = T::load(q[i]) * scale;
+  }
+
+  /// tile_[d][o] = key d of token o of physical block `phys`, kv head `g` (all block_size
+  /// slots: logits of slots past the sequence's end are computed and dropped).
+  /// The cache holds [head_size/x][block_size][x]; this transposes it to [head_size][block_size].
+  void decode_key_block(std::int64_t phys, int g) {
+    const auto* src = static_cast<const typename C::Storage*>(c_.p->key_cache.data) + phys * s_.kv_block_stride +
+                      std::int64_t(g) * s_.k_head_stride;
+    const int x = s_.x;
+    // ceil(head_size / x) chunks: with fp8 (x = 16) head_size 120 ends in a half-used chunk.
+    for (int cidx = 0; cidx * x < D_; ++cidx) {
+      const typename C::Storage* chunk = src + std::size_t(cidx) * BS * x;
+      float* dst = &tile_[std::size_t(cidx) * x * BS];
+      const int w = std::min(x, D_ - cidx * x);
+      for (int i = 0; i < w; ++i)
+        for (int o = 0; o < BS; ++o) dst[std::size_t(i) * BS + o] = decode_one<C>(chunk[o * x + i], c_.k_table);
+    }
+  }
+
+  /// tile_[d][o] = value d of token o (the cache already holds [head_size][block_size]).
+  /// Slots o >= nt, past the sequence's end, are zeroed: they may hold anything (NaN), and
+  /// their zero weight would not cancel a NaN.
+  void decode_value_block(std::int64_t phys, int g, int nt) {
+    const auto* src = static_cast<const typename C::Storage*>(c_.p->value_cache.data) + phys * s_.v_block_stride +
+                      std::int64_t(g) * s_.v_head_stride;
+    if (nt == BS) {
+      decode_run<C>(src, tile_.data(), D_ * BS, c_.v_table);  // the head's block is one run
+      return;
+    }
+    for (int d = 0; d < D_; ++d) {
+      decode_run<C>(src + std::size_t(d) * BS, &tile_[std::size_t(d) * BS], nt, c_.v_table);
+      std::fill(&tile_[std::size_t(d) * BS + nt], &tile_[std::size_t(d) * BS + BS], 0.0f);
+    }
+  }
+
+  /// lg[o] = dot(q, key o) for the key tile in tile_.
+  void block_logits(const float* q, float* lg, int nt) {
+    float part[BS] = {};
+    for (int d = 0; d < D_; ++d) {
+      const float qd = q[d];
+      const float* k = &tile_[std::size_t(d) * BS];
+#pragma omp simd
+      for (int o = 0; o < BS; ++o) part[o] += qd * k[o];
+    }
+    for (int o = 0; o < nt; ++o) lg[o] = part[o];
+  }
+
+  const Call& c_;
+  const AttentionShape& s_;
+  const int G_, D_;
+  std::vector<float> q_, acc_, tile_, m_, l_, logits_;
+  std::vector<std::uint8_t> mask_;
+};
+
+Call make_call(const PagedAttentionParams& p, const AttentionShape& s) {
+  Call c;
+  c.p = &p;
+  c.s = &s;
+  c.seq_lens = static_cast<const std::int32_t*>(p.seq_lens.data);
+  c.block_tables = static_cast<const std::int32_t*>(p.block_tables.data);
+  c.alibi = p.alibi_slopes.defined() ? static_cast<const float*>(p.alibi_slopes.data) : nullptr;
+  if (p.kv_cache_dtype != CacheDType::kAuto) {
+    c.k_table = Fp8Table(p.kv_cache_dtype, p.k_scale);
+    c.v_table = Fp8Table(p.kv_cache_dtype, p.v_scale);
+  }
+  return c;
+}
+
+template <class T, class C, int BS>
+void v1_impl(const Call& c) {
+  const AttentionShape& s = *c.s;
+  const int G = s.group_size();
+  const int D = s.head_size;
+  auto* out = static_cast<typename T::Storage*>(c.p->out.data);
+  const std::int64_t items = std::int64_t(s.num_seqs) * s.num_kv_heads;
+#pragma omp parallel
+  {
+    GroupWorker<T, C, BS> w(c);
+#pragma omp for schedule(dynamic, 1)
+    for (std::int64_t it = 0; it < items; ++it) {
+      const int seq = static_cast<int>(it / s.num_kv_heads);
+      const int g = static_cast<int>(it % s.num_kv_heads);
+      const int len = c.seq_lens[seq];
+      if (len > 0) w.run(seq, g, len, 0, len);
+      for (int j = 0; j < G; ++j) {
+        auto* o = out + (std::int64_t(seq) * s.num_heads + g * G + j) * D;
+        const float l = len > 0 ? w.exp_sum(j) : 0.0f;
+        if (l > 0.0f) {
+          const float inv = 1.0f / l;
+          const float* acc = w.acc(j);
+          for (int d = 0; d < D; ++d) o[d] = T::store(acc[d] * inv);
+        } else {
+          for (int d = 0; d < D; ++d) o[d] = T::store(0.0f);
+        }
+      }
+    }
+  }
+}
+
+template <class T, class C, int BS>
+void v2_impl(const Call& c, const V2Workspace& ws) {
+  const AttentionShape& s = *c.s;
+  const int G = s.group_size();
+  const int D = s.head_size;
+  const std::int64_t P = ws.exp_sums.shape[2];  // partition stride of the workspace
+  const int parts = s.max_num_partitions;
+  auto* exp_sums = static_cast<float*>(ws.exp_sums.data);
+  auto* max_logits = static_cast<float*>(ws.max_logits.data);
+  auto* tmp_out = static_cast<typename T::Storage*>(ws.tmp_out.data);
+  auto* out = static_cast<typename T::Storage*>(c.p->out.data);
+
+  // Step 1: partial results per (sequence, kv head, partition).
+  const std::int64_t items = std::int64_t(s.num_seqs) * s.num_kv_heads * parts;
+#pragma omp parallel
+  {
+    GroupWorker<T, C, BS> w(c);
+#pragma omp for schedule(dynamic, 1)
+    for (std::int64_t it = 0; it < items; ++it) {
+      const int part = static_cast<int>(it % parts);
+      const int g = static_cast<int>((it / parts) % s.num_kv_heads);
+      const int seq = static_cast<int>(it / (std::int64_t(parts) * s.num_kv_heads));
+      const int len = c.seq_lens[seq];
+      const int t_begin = part * kPartitionSize;
+      if (t_begin >= len) continue;  // partitions past the end are skipped
+      const int t_end = std::min(len, t_begin + kPartitionSize);
+      w.run(seq, g, len, t_begin, t_end);
+      for (int j = 0; j < G; ++j) {
+        const std::int64_t row = (std::int64_t(seq) * s.num_heads + g * G + j) * P + part;
+        const float l = w.exp_sum(j);
+        max_logits[row] = w.max_logit(j);
+        exp_sums[row] = l;
+        auto* o = tmp_out + row * D;
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        const float* acc = w.acc(j);
+        for (int d = 0; d < D; ++d) o[d] = T::store(acc[d] * inv);
+      }
+    }
+  }
+
+  // Step 2: reduce per (sequence, head).
+  const std::int64_t rows = std::int64_t(s.num_seqs) * s.num_heads;
+#pragma omp parallel
+  {
+    std::vector<float> acc(D), w(parts);
+#pragma omp for schedule(static)
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const int seq = static_cast<int>(r / s.num_heads);
+      const int len = c.seq_lens[seq];
+      auto* o = out + r * D;
+      const int np = (len + kPartitionSize - 1) / kPartitionSize;
+      if (np == 1) {  // one partition: its normalised output is the answer
+        const auto* src = tmp_out + r * P * D;
+        std::copy(src, src + D, o);
+        continue;
+      }
+      float M = kNegInf;
+      for (int j = 0; j < np; ++j) M = std::max(M, max_logits[r * P + j]);
+      float wsum = 0.0f;
+      if (M != kNegInf) {
+        for (int j = 0; j < np; ++j) {
+          const float l = exp_sums[r * P + j];
+          w[j] = l > 0.0f ? l * std::exp(max_logits[r * P + j] - M) : 0.0f;
+          wsum += w[j];
+        }
+      }
+      if (np == 0 || !(wsum > 0.0f)) {  // empty sequence, or every token masked
+        for (int d = 0; d < D; ++d) o[d] = T::store(0.0f);
+        continue;
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int j = 0; j < np; ++j) {
+        if (w[j] == 0.0f) continue;
+        const auto* src = tmp_out + (r * P + j) * D;
+        for (int d = 0; d < D; ++d) acc[d] += w[j] * T::load(src[d]);
+      }
+      const float inv = 1.0f / wsum;
+      for (int d = 0; d < D; ++d) o[d] = T::store(acc[d] * inv);
+    }
+  }
+}
+
+/// Calls f.template operator()<T, C>() for the (query dtype, cache format) pair of the call.
+template <class F>
+void dispatch(const AttentionShape& s, CacheDType cache, F&& f) {
+  const bool fp8 = cache != CacheDType::kAuto;
+  switch (s.dtype) {
+    case DType::kFloat32:
+      return fp8 ? f.template operator()<F32, Fp8>() : f.template operator()<F32, F32>();
+    case DType::kFloat16:
+      return fp8 ? f.template operator()<F16, Fp8>() : f.template operator()<F16, F16>();
+    case DType::kBFloat16:
+      return fp8 ? f.template operator()<BF16, Fp8>() : f.template operator()<BF16, BF16>();
+    default:
+      fail(ErrorCode::kUnsupported, "cpu attention: unsupported query dtype ", dtype_name(s.dtype));
+  }
+}
+
+/// Turns the runtime block size into the compile-time one.
+template <class T, class C, class F>
+void with_block_size(int block_size, F&& f) {
+  switch (block_size) {
+    case 8: return f.template operator()<T, C, 8>();
+    case 16: return f.template operator()<T, C, 16>();
+    case 32: return f.template operator()<T, C, 32>();
+    default: fail(ErrorCode::kUnsupported, "cpu attention: unsupported block_size ", block_size);
+  }
+}
+
+struct RunV1 {
+  const Call& c;
+  template <class T, class C, int BS>
+  void operator()() const { v1_impl<T, C, BS>(c); }
+};
+
+struct RunV2 {
+  const Call& c;
+  const V2Workspace& ws;
+  template <class T, class C, int BS>
+  void operator()() const { v2_impl<T, C, BS>(c, ws); }
+};
+
+/// Adapts a (T, C, BS) functor to dispatch()'s (T, C) call.
+template <class F>
+struct BlockSizeSwitch {
+  int block_size;
+  F f;
+  template <class T, class C>
+  void operator()() const { with_block_size<T, C>(block_size, f); }
+};
+
+}  // namespace
+
+void attention_v1(const PagedAttentionParams& p, const AttentionShape& s) {
+  const Call c = make_call(p, s);
+  dispatch(s, p.kv_cache_dtype, BlockSizeSwitch<RunV1>{s.block_size, RunV1{c}});
+}
+
+void attention_v2(const PagedAttentionParams& p, const AttentionShape& s, const V2Workspace& ws) {
+  const Call c = make_call(p, s);
+  dispatch(s, p.kv_cache_dtype, BlockSizeSwitch<RunV2>{s.block_size, RunV2{c, ws}});
+}
+
+}  // namespace pagedattn::detail::cpu

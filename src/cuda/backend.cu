@@ -1,0 +1,186 @@
+// CUDA backend entry points for attention: V1, V2 (partition + reduce) and auto.
+#include "core/backend.h"
+#include "core/check.h"
+#include "cuda/attention_kernel.cuh"
+#include "cuda/device_guard.h"
+#include "cuda/launch.h"
+
+namespace pagedattn::detail::cuda {
+namespace {
+
+int log2_exact(int v) {
+  int s = 0;
+  while ((1 << s) < v) ++s;
+  return s;
+}
+
+void require_aligned(const TensorView& t, const char* op, const char* name) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(t.data);
+  const std::int64_t per16 = 16 / static_cast<std::int64_t>(dtype_size(t.dtype));
+  if (addr % 16 != 0)
+    fail(ErrorCode::kInvalidArgument, op, ": ", name, " data pointer must be 16-byte aligned for the CUDA kernels' vector loads");
+  for (int d = 0; d < 2; ++d)
+    if (t.shape[d] > 1 && t.strides[d] % per16 != 0)
+      fail(ErrorCode::kInvalidArgument, op, ": ", name, " stride(", d, ") = ", t.strides[d],
+           " elements must be a multiple of ", per16, " (16 bytes) for the CUDA kernels' vector loads");
+}
+
+AttentionKernelParams make_params(const PagedAttentionParams& p, const AttentionShape& s, const char* op) {
+  require_aligned(p.key_cache, op, "key_cache");
+  require_aligned(p.value_cache, op, "value_cache");
+  AttentionKernelParams k{};
+  k.query = p.query.data;
+  k.key_cache = p.key_cache.data;
+  k.value_cache = p.value_cache.data;
+  k.block_tables = static_cast<const std::int32_t*>(p.block_tables.data);
+  k.seq_lens = static_cast<const std::int32_t*>(p.seq_lens.data);
+  k.alibi_slopes = p.alibi_slopes.defined() ? static_cast<const float*>(p.alibi_slopes.data) : nullptr;
+  k.q_stride = s.q_stride;
+  k.k_block_stride = s.kv_block_stride;
+  k.k_head_stride = s.k_head_stride;
+  k.v_block_stride = s.v_block_stride;
+  k.v_head_stride = s.v_head_stride;
+  k.bt_stride = s.bt_stride;
+  const bool fp8 = p.kv_cache_dtype != CacheDType::kAuto;
+  k.qk_scale = p.scale * (fp8 ? p.k_scale : 1.0f);
+  k.v_scale = fp8 ? p.v_scale : 1.0f;
+  k.num_heads = s.num_heads;
+  k.num_kv_heads = s.num_kv_heads;
+  k.group_size = s.group_size();
+  const int hpc = heads_per_cta(k.group_size);
+  k.head_tiles = (k.group_size + hpc - 1) / hpc;
+  k.block_size = s.block_size;
+  k.block_shift = log2_exact(s.block_size);
+  k.sparse = p.blocksparse.enabled() ? 1 : 0;
+  k.sparse_local_blocks = p.blocksparse.local_blocks;
+  k.sparse_vert_stride = p.blocksparse.vert_stride;
+  k.sparse_block_size = p.blocksparse.block_size;
+  k.sparse_sliding_step = p.blocksparse.head_sliding_step;
+  k.tp_rank = p.tp_rank;
+  k.out = p.out.data;
+  return k;
+}
+
+dim3 attention_grid(const AttentionKernelParams& k, const AttentionShape& s, int splits) {
+  return dim3(static_cast<unsigned>(s.num_kv_heads * k.head_tiles), static_cast<unsigned>(s.num_seqs),
+              static_cast<unsigned>(splits));
+}
+
+void check_grid(const AttentionShape& s, const char* op) {
+  if (s.num_seqs > 65535)
+    fail(ErrorCode::kInvalidArgument, op, ": num_seqs ", s.num_seqs, " exceeds the CUDA grid limit 65535");
+}
+
+void launch_reduce(const AttentionShape& s, const ReduceKernelParams& r, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.num_seqs));
+  switch (s.dtype) {
+    case DType::kFloat16: reduce_kernel<__half><<<grid, kThreads, 0, stream>>>(r); break;
+    case DType::kBFloat16: reduce_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(r); break;
+    default: reduce_kernel<float><<<grid, kThreads, 0, stream>>>(r); break;
+  }
+  check_launch("reduce_kernel launch");
+}
+
+}  // namespace
+
+void attention_v1(const PagedAttentionParams& p, const AttentionShape& s) {
+  DeviceGuard guard(s.device.index);
+  check_grid(s, "paged_attention_v1");
+  AttentionKernelParams k = make_params(p, s, "paged_attention_v1");
+  k.partition_size = 1 << 30;  // one pass over the whole sequence (online softmax: no length limit)
+  k.max_splits = 1;
+  const auto& inst = find_instance(s.dtype, p.kv_cache_dtype, s.head_size);
+  inst.launch(k, heads_per_cta(k.group_size), attention_grid(k, s, 1), static_cast<cudaStream_t>(p.stream));
+}
+
+void attention_v2(const PagedAttentionParams& p, const AttentionShape& s, const V2Workspace& ws) {
+  DeviceGuard guard(s.device.index);
+  check_grid(s, "paged_attention_v2");
+  AttentionKernelParams k = make_params(p, s, "paged_attention_v2");
+  k.partition_size = kPartitionSize;
+  k.max_splits = static_cast<int>(ws.exp_sums.shape[2]);
+  k.exp_sums = static_cast<float*>(ws.exp_sums.data);
+  k.max_logits = static_cast<float*>(ws.max_logits.data);
+  k.tmp_out = ws.tmp_out.data;
+  k.tmp_out_f32 = 0;
+  k.always_partials = 1;
+  const auto stream = static_cast<cudaStream_t>(p.stream);
+  const auto& inst = find_instance(s.dtype, p.kv_cache_dtype, s.head_size);
+  inst.launch(k, heads_per_cta(k.group_size), attention_grid(k, s, s.max_num_partitions), stream);
+  ReduceKernelParams r{};
+  r.out = p.out.data;
+  r.exp_sums = k.exp_sums;
+  r.max_logits = k.max_logits;
+  r.tmp_out = k.tmp_out;
+  r.seq_lens = k.seq_lens;
+  r.tmp_out_f32 = 0;
+  r.num_heads = s.num_heads;
+  r.head_size = s.head_size;
+  r.partition_size = kPartitionSize;
+  r.max_splits = k.max_splits;
+  r.num_launched = s.max_num_partitions;
+  r.skip_single = 0;
+  launch_reduce(s, r, stream);
+}
+
+namespace {
+struct AutoLayout {
+  SplitPlan plan;
+  std::size_t exp_sums_off, max_logits_off, tmp_out_off, total;
+};
+std::size_t align256(std::size_t v) { return (v + 255) / 256 * 256; }
+AutoLayout auto_layout(const PagedAttentionParams& p, const AttentionShape& s) {
+  AutoLayout a{};
+  a.plan = plan_splits(p, s);
+  if (a.plan.num_splits <= 1) return a;
+  const std::size_t rows = static_cast<std::size_t>(s.num_seqs) * s.num_heads * a.plan.num_splits;
+  a.exp_sums_off = 0;
+  a.max_logits_off = align256(rows * sizeof(float));
+  a.tmp_out_off = a.max_logits_off + align256(rows * sizeof(float));
+  a.total = a.tmp_out_off + align256(rows * s.head_size * sizeof(float));
+  return a;
+}
+}  // namespace
+
+std::size_t auto_workspace_size(const PagedAttentionParams& p, const AttentionShape& s) {
+  DeviceGuard guard(s.device.index);
+  return auto_layout(p, s).total;
+}
+
+void attention_auto(const PagedAttentionParams& p, const AttentionShape& s, void* ws, std::size_t ws_bytes) {
+  DeviceGuard guard(s.device.index);
+  (void)ws_bytes;  // checked against auto_workspace_size by the API
+  check_grid(s, "paged_attention");
+  const AutoLayout a = auto_layout(p, s);
+  AttentionKernelParams k = make_params(p, s, "paged_attention");
+  k.partition_size = a.plan.partition_size;
+  k.max_splits = a.plan.num_splits;
+  const auto stream = static_cast<cudaStream_t>(p.stream);
+  auto* base = static_cast<char*>(ws);
+  if (a.plan.num_splits > 1) {
+    k.exp_sums = reinterpret_cast<float*>(base + a.exp_sums_off);
+    k.max_logits = reinterpret_cast<float*>(base + a.max_logits_off);
+    k.tmp_out = base + a.tmp_out_off;
+    k.tmp_out_f32 = 1;
+  }
+  k.always_partials = 0;
+  const auto& inst = find_instance(s.dtype, p.kv_cache_dtype, s.head_size);
+  inst.launch(k, heads_per_cta(k.group_size), attention_grid(k, s, a.plan.num_splits), stream);
+  if (a.plan.num_splits <= 1) return;
+  ReduceKernelParams r{};
+  r.out = p.out.data;
+  r.exp_sums = k.exp_sums;
+  r.max_logits = k.max_logits;
+  r.tmp_out = k.tmp_out;
+  r.seq_lens = k.seq_lens;
+  r.tmp_out_f32 = 1;
+  r.num_heads = s.num_heads;
+  r.head_size = s.head_size;
+  r.partition_size = a.plan.partition_size;
+  r.max_splits = a.plan.num_splits;
+  r.num_launched = a.plan.num_splits;
+  r.skip_single = 1;
+  launch_reduce(s, r, stream);
+}
+
+}  // namespace pagedattn::detail::cuda

@@ -1,0 +1,133 @@
+// Device-side building blocks shared by the CUDA kernels: element types, 16-byte vector
+// loads and their conversion to float, warp reductions, CUDA error checks.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/check.h"
+
+namespace pagedattn::detail::cuda {
+
+/// Throws pagedattn::Error (kBackendError) naming the call and CUDA's message.
+inline void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail(ErrorCode::kBackendError, what, " failed: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
+}
+/// After a launch: a bad configuration shows up here, before the next op.
+inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
+
+/// How the KV cache encodes its elements (compile-time mirror of CacheDType).
+enum class CacheKind { kSame, kE4M3, kE5M2 };
+
+template <typename T, CacheKind C>
+struct CacheElem {
+  using type = T;
+};
+template <typename T>
+struct CacheElem<T, CacheKind::kE4M3> {
+  using type = std::uint8_t;
+};
+template <typename T>
+struct CacheElem<T, CacheKind::kE5M2> {
+  using type = std::uint8_t;
+};
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+/// Decodes `N` cache elements packed in `words` (their raw bytes) into floats.
+/// fp8 goes through the hardware pair conversion to f16 (bit-exact with the software tables),
+/// f16/bf16 through packed pair conversions.
+template <typename T, CacheKind C, int N>
+struct Decoder;
+
+template <int N>
+struct Decoder<float, CacheKind::kSame, N> {
+  __device__ __forceinline__ static void run(const std::uint32_t* words, float* out) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = __uint_as_float(words[i]);
+  }
+};
+template <int N>
+struct Decoder<__half, CacheKind::kSame, N> {
+  __device__ __forceinline__ static void run(const std::uint32_t* words, float* out) {
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) {
+      __half2 h = *reinterpret_cast<const __half2*>(&words[i]);
+      float2 f = __half22float2(h);
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  }
+};
+template <int N>
+struct Decoder<__nv_bfloat16, CacheKind::kSame, N> {
+  __device__ __forceinline__ static void run(const std::uint32_t* words, float* out) {
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) {
+      out[2 * i] = __uint_as_float(words[i] << 16);
+      out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+  }
+};
+template <typename T, CacheKind C, int N>
+struct Decoder {  // fp8
+  __device__ __forceinline__ static void run(const std::uint32_t* words, float* out) {
+    constexpr __nv_fp8_interpretation_t kind = C == CacheKind::kE4M3 ? __NV_E4M3 : __NV_E5M2;
+#pragma unroll
+    for (int i = 0; i < N / 4; ++i) {
+      const std::uint32_t w = words[i];
+      __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xffffu), kind);
+      __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w >> 16), kind);
+      float2 a = __half22float2(*reinterpret_cast<__half2*>(&lo));
+      float2 b = __half22float2(*reinterpret_cast<__half2*>(&hi));
+      out[4 * i] = a.x;
+      out[4 * i + 1] = a.y;
+      out[4 * i + 2] = b.x;
+      out[4 * i + 3] = b.y;
+    }
+  }
+};
+
+/// Loads BYTES (4, 8 or 16) bytes from global memory into 32-bit words, bypassing L1
+/// allocation (the KV cache is streamed once).
+template <int BYTES>
+__device__ __forceinline__ void load_words(const void* p, std::uint32_t* w) {
+  if constexpr (BYTES == 16) {
+    uint4 v = __ldcs(reinterpret_cast<const uint4*>(p));
+    w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w;
+  } else if constexpr (BYTES == 8) {
+    uint2 v = __ldcs(reinterpret_cast<const uint2*>(p));
+    w[0] = v.x; w[1] = v.y;
+  } else {
+    static_assert(BYTES == 4, "load of 4, 8 or 16 bytes");
+    w[0] = __ldcs(reinterpret_cast<const unsigned int*>(p));
+  }
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+}  // namespace pagedattn::detail::cuda

@@ -1,0 +1,54 @@
+// Definitions behind launch.h's per-instance templates; included only by the generated
+// instance translation units.
+#pragma once
+
+#include "cuda/attention_kernel.cuh"
+#include "cuda/launch.h"
+
+namespace pagedattn::detail::cuda {
+
+template <typename T, int C, int D, int HPC>
+void launch_one(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
+  constexpr CacheKind kind = static_cast<CacheKind>(C);
+  using Tr = AttentionTraits<T, kind, D, HPC>;
+  auto kernel = paged_attention_kernel<T, kind, D, HPC>;
+  if constexpr (Tr::kSmemBytes > 48 * 1024) {
+    static const cudaError_t raised =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+    check_cuda(raised, "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  }
+  kernel<<<grid, kThreads, Tr::kSmemBytes, stream>>>(kp);
+  check_launch("paged_attention_kernel launch");
+}
+
+template <typename T, int C, int D, int HPC>
+int occupancy_one() {
+  constexpr CacheKind kind = static_cast<CacheKind>(C);
+  using Tr = AttentionTraits<T, kind, D, HPC>;
+  static const int ctas = [] {
+    int n = 0;
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, paged_attention_kernel<T, kind, D, HPC>, kThreads,
+                                                             Tr::kSmemBytes),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    return n > 0 ? n : 1;
+  }();
+  return ctas;
+}
+
+template <typename T, int C, int D>
+void launch_attention(const AttentionKernelParams& kp, int hpc, dim3 grid, cudaStream_t stream) {
+  if (hpc == 1) return launch_one<T, C, D, 1>(kp, grid, stream);
+  if (hpc == 2) return launch_one<T, C, D, 2>(kp, grid, stream);
+  if (hpc == 4) return launch_one<T, C, D, 4>(kp, grid, stream);
+  return launch_one<T, C, D, 8>(kp, grid, stream);
+}
+
+template <typename T, int C, int D>
+int attention_ctas_per_sm(int hpc) {
+  if (hpc == 1) return occupancy_one<T, C, D, 1>();
+  if (hpc == 2) return occupancy_one<T, C, D, 2>();
+  if (hpc == 4) return occupancy_one<T, C, D, 4>();
+  return occupancy_one<T, C, D, 8>();
+}
+
+}  // namespace pagedattn::detail::cuda
