@@ -7,7 +7,8 @@
 #
 # Logs, gtest XML and benchmark JSON/CSV land in OUT_DIR; a summary is printed last.
 # Extra header-only dependencies (CLI11, nlohmann-json) are taken from .devdeps/usr when
-# present (the device machine has no package registry).
+# present (the device machine has no package registry). Extra CMake arguments: the
+# environment variable PAGEDATTN_CMAKE_ARGS.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_verify.sh OUT_DIR [--bench SWEEP] [--skip-tests] [--skip-sanitizer]}
 shift
@@ -34,7 +35,7 @@ say "GPU: $(cat "$out/gpu.txt")"
 prefix=""
 [ -d "$root/.devdeps/usr" ] && prefix="-DCMAKE_PREFIX_PATH=$root/.devdeps/usr"
 t0=$(date +%s)
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release $prefix > "$out/configure.log" 2>&1 || { say "configure FAILED"; tail -30 "$out/configure.log"; exit 1; }
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release $prefix ${PAGEDATTN_CMAKE_ARGS:-} > "$out/configure.log" 2>&1 || { say "configure FAILED"; tail -30 "$out/configure.log"; exit 1; }
 cmake --build "$build" -j"$(nproc)" > "$out/build.log" 2>&1 || { say "build FAILED"; grep -E "error|FAILED" "$out/build.log" | head -40; exit 1; }
 t1=$(date +%s)
 say "build: $((t1 - t0)) s on $(nproc) cores; libpagedattn.a $(du -h "$build/src/libpagedattn.a" | cut -f1)"
