@@ -3,7 +3,10 @@
 # configure + build (timed), CPU and GPU test suites, compute-sanitizer memcheck and
 # racecheck on a representative subset, and (optionally) a benchmark sweep.
 #
-#   scripts/gpu_verify.sh OUT_DIR [--bench SWEEP] [--skip-tests] [--skip-sanitizer] [--filter GTEST_FILTER]
+#   scripts/gpu_verify.sh OUT_DIR [--bench SWEEP] [--skip-tests] [--skip-sanitizer] [--filter GTEST_FILTER] [--python]
+#
+# --python also builds the Python package with CUDA (pip install, no build isolation: the
+# device image has nanobind and scikit-build-core) and runs the pytest suite.
 #
 # Logs, gtest XML and benchmark JSON/CSV land in OUT_DIR; a summary is printed last.
 # Extra header-only dependencies (CLI11, nlohmann-json) are taken from .devdeps/usr when
@@ -12,13 +15,14 @@
 set -uo pipefail
 out=${1:?usage: scripts/gpu_verify.sh OUT_DIR [--bench SWEEP] [--skip-tests] [--skip-sanitizer]}
 shift
-bench=""; skip_tests=0; skip_san=0; filter="*"
+bench=""; skip_tests=0; skip_san=0; filter="*"; python=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --bench) bench=$2; shift 2 ;;
     --skip-tests) skip_tests=1; shift ;;
     --skip-sanitizer) skip_san=1; shift ;;
     --filter) filter=$2; shift 2 ;;
+    --python) python=1; shift ;;
     *) echo "unknown option $1"; exit 2 ;;
   esac
 done
@@ -69,6 +73,13 @@ if [ -n "$bench" ] && [ -x "$build/tools/pagedattn-bench" ]; then
   "$build/tools/pagedattn-bench" --backend cuda --sweep "$bench" --json "$out/bench_$bench.json" --csv "$out/bench_$bench.csv" > "$out/bench_$bench.log" 2>&1; r=$?
   say "bench $bench: rc=$r"
   tail -60 "$out/bench_$bench.log"
+fi
+if [ $python -eq 1 ]; then
+  (cd "$root" && python3 -m pip install --no-build-isolation --no-deps -v . > "$out/pip_install.log" 2>&1) || { say "pip install FAILED"; tail -30 "$out/pip_install.log"; rc=1; }
+  (cd /tmp && PYTHONUNBUFFERED=1 python3 -m pytest "$root/tests/python" -q -rs > "$out/pytest.log" 2>&1); r=$?
+  say "pytest: rc=$r $(tail -1 "$out/pytest.log")"
+  [ $r -ne 0 ] && { grep -E "FAILED|Error" "$out/pytest.log" | head -20; rc=1; }
+  (cd /tmp && python3 "$root/python/tools/overhead.py" > "$out/overhead.log" 2>&1) && tail -12 "$out/overhead.log" | tee -a "$summary"
 fi
 say "overall rc=$rc"
 exit $rc

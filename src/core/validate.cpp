@@ -314,7 +314,7 @@ CacheShape validate_reshape_and_cache(const ReshapeAndCacheParams& p) {
   s.block_size = static_cast<int>(p.key_cache.shape[3]);
   if (s.block_size <= 0) fail(kInv, op, ": key_cache block_size (dimension 3) is ", s.block_size, "; must be positive");
   require_dim(p.key_cache, op, "key_cache", 1, s.num_kv_heads, "key's num_kv_heads");
-  require_dim(p.key_cache, op, "key_cache", 2, s.head_size / s.x, "head_size/x");
+  require_dim(p.key_cache, op, "key_cache", 2, (s.head_size + s.x - 1) / s.x, "ceil(head_size/x)");
   require_dim(p.key_cache, op, "key_cache", 4, s.x, "x = 16/sizeof(cache element)");
   require_contiguous_from(p.key_cache, op, "key_cache", 2);
   require_ndim(p.value_cache, op, "value_cache", 4, "[num_blocks, num_kv_heads, head_size, block_size]");

@@ -132,9 +132,9 @@ __global__ void __launch_bounds__(kThreads)
       if (p.sparse) {
 #pragma unroll
         for (int h = 0; h < HPC; ++h)
-          if (sparse_attended(p, seq_len, head0 + h, kv_head, lblock * bs)) head_mask |= 1u << h;
+          if (h < nh && sparse_attended(p, seq_len, head0 + h, kv_head, lblock * bs)) head_mask |= 1u << h;
       } else {
-        head_mask = (1u << HPC) - 1u;
+        head_mask = (1u << nh) - 1u;  // only the CTA's active heads: a padding head must not pull in masked pages
       }
     }
     if (!__any_sync(0xffffffffu, head_mask != 0)) continue;  // tile fully masked

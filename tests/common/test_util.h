@@ -393,7 +393,7 @@ inline HostProblem build_problem(const ProblemConfig& cfg, Rng& rng) {
   const std::int64_t inner = chunks * pb.x * BS;       // >= the value cache's D * BS
   const std::int64_t head_pad = cfg.cache_views ? 3 * pb.x : 0;
   const std::int64_t block_pad = cfg.cache_views ? 5 * pb.x : 0;
-  const std::int64_t lead = cfg.cache_views ? 7 : 0;  // view starts this many elements in
+  const std::int64_t lead = cfg.cache_views ? pb.x : 0;  // view starts 16 bytes in (GPU loads need 16-byte alignment)
   const std::int64_t hs = inner + head_pad, bs_stride = KVH * hs + block_pad;
   const std::int64_t alloc = lead + pb.num_blocks * bs_stride + head_pad;
   pb.key_cache = make_strided(storage, {pb.num_blocks, KVH, chunks, BS, pb.x},
