@@ -1,5 +1,6 @@
 #include "cuda/launch.h"
 
+#include <algorithm>
 #include <string>
 
 #include "core/check.h"
@@ -45,25 +46,37 @@ int sm_count(int device) {
 }  // namespace
 
 SplitPlan plan_splits(const PagedAttentionParams& p, const AttentionShape& s) {
-  // One pass when the (sequence, kv head, head tile) grid already fills the GPU; otherwise
-  // cut the sequences so that about one full wave of CTAs runs. The plan depends only on
-  // shapes, max_seq_len and the device, never on the data, so the workspace size is fixed
-  // for a shape and the call is safe under CUDA graph capture.
-  constexpr int kMinPartition = 128;  // 4 tiles: one per warp
+  // Splits along the sequence so the (sequence, kv head, head tile, split) grid fills the
+  // GPU without a ragged last wave. For each candidate split count the cost is
+  // waves x (tokens per CTA + a fixed per-CTA cost), waves = ceil(CTAs / resident slots);
+  // the cheapest wins, fewer splits on ties. The plan depends only on shapes, max_seq_len
+  // and the device, never on the data, so the workspace size is fixed for a shape and the
+  // call is safe under CUDA graph capture.
+  constexpr int kMinPartition = 128;   // 4 tiles: one per warp
+  constexpr long long kCtaCost = 96;   // fixed cost of a CTA (query load, merge, partial write) in tokens
+  constexpr int kMaxSplits = 256;
   const int hpc = heads_per_cta(s.group_size());
   const int tiles = (s.group_size() + hpc - 1) / hpc;
   const long long base = static_cast<long long>(s.num_seqs) * s.num_kv_heads * tiles;
   const auto& inst = find_instance(s.dtype, p.kv_cache_dtype, s.head_size);
   const long long slots = static_cast<long long>(sm_count(s.device.index)) * inst.ctas_per_sm(hpc);
-  const int max_len = p.max_seq_len;
-  if (base >= slots || max_len <= kMinPartition) return {1 << 30, 1};
-  const long long want = (slots + base - 1) / base;
-  long long part = (max_len + want - 1) / want;
-  part = ((part + 31) / 32) * 32;
-  if (part < kMinPartition) part = kMinPartition;
-  const int splits = static_cast<int>((max_len + part - 1) / part);
-  if (splits <= 1) return {1 << 30, 1};
-  return {static_cast<int>(part), splits};
+  const long long max_len = p.max_seq_len;
+  if (max_len <= kMinPartition || base <= 0) return {1 << 30, 1};
+  const long long most = std::min<long long>(kMaxSplits, (max_len + kMinPartition - 1) / kMinPartition);
+  long long best_cost = -1;
+  SplitPlan best{1 << 30, 1};
+  for (long long n = 1; n <= most; ++n) {
+    const long long part = ((max_len + n - 1) / n + 31) / 32 * 32;
+    const long long splits = (max_len + part - 1) / part;
+    if (splits != n) continue;  // this count is not reachable with 32-token partitions
+    const long long waves = (base * splits + slots - 1) / slots;
+    const long long cost = waves * (part + kCtaCost) + (splits > 1 ? kCtaCost : 0);  // + the reduce
+    if (best_cost < 0 || cost < best_cost) {
+      best_cost = cost;
+      best = splits == 1 ? SplitPlan{1 << 30, 1} : SplitPlan{static_cast<int>(part), static_cast<int>(splits)};
+    }
+  }
+  return best;
 }
 
 }  // namespace pagedattn::detail::cuda

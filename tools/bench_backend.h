@@ -1,0 +1,116 @@
+// The two places pagedattn-bench can run a case: host memory (the CPU backend) or a CUDA
+// device. Everything device-specific (allocation, random fill, copies, timing, the copy
+// bandwidth wall) sits behind this interface, so building, timing and checking a case is
+// written once (bench_run.cpp).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bench_random.h"
+#include "pagedattn/types.h"
+
+namespace pagedattn::bench {
+
+/// Facts about the machine a run measured, for the header and the JSON.
+struct DeviceInfo {
+  std::string backend;       ///< "cuda" or "cpu"
+  std::string name;          ///< e.g. "NVIDIA H100 80GB HBM3", or the CPU model
+  int compute_units = 0;     ///< SMs, or hardware threads
+  std::int64_t l2_bytes = 0; ///< 0 when unknown
+  std::int64_t memory_bytes = 0;
+  std::string extra;         ///< compute capability, driver/runtime versions, ...
+};
+
+/// The memory wall the run is judged against: a large buffer copy, read + write counted.
+struct CopyBandwidth {
+  double gbps = 0.0;               ///< median over the repetitions
+  double best_gbps = 0.0;
+  std::int64_t bytes_copied = 0;   ///< size of one copy (each counts twice: read + write)
+  int repetitions = 0;
+  std::string method;              ///< how it was measured, in words
+};
+
+/// Timing samples of one (case, algo, mode), microseconds per call.
+struct Samples {
+  std::vector<double> us;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const DeviceInfo& info() const = 0;
+  /// Where tensors of this backend live, for TensorView::device.
+  virtual Device device() const = 0;
+  /// The stream handed to PagedAttentionParams::stream (nullptr on the CPU).
+  virtual void* stream() const = 0;
+  /// Bytes free for a case's buffers right now (an estimate).
+  virtual std::int64_t free_bytes() const = 0;
+  /// Default for --rotate-bytes: how much KV must be read between two reuses of a buffer so
+  /// that the last-level cache cannot serve it (1 GiB on a GPU with a 50 MB L2).
+  virtual std::int64_t default_rotate_bytes() const = 0;
+  virtual bool supports_graphs() const = 0;
+
+  virtual void* alloc(std::size_t bytes) = 0;
+  virtual void release(void* p) = 0;
+  /// Fills `count` elements of kind `kind` at `dst` with random_bits(kind, seed, i).
+  virtual void fill_random(void* dst, std::size_t count, FillKind kind, std::uint64_t seed) = 0;
+  virtual void memset_bytes(void* dst, int value, std::size_t bytes) = 0;
+  virtual void upload(void* dst, const void* src, std::size_t bytes) = 0;
+  virtual void download(void* dst, const void* src, std::size_t bytes) = 0;
+  /// Waits for everything queued on stream().
+  virtual void synchronize() = 0;
+
+  virtual CopyBandwidth measure_copy_bandwidth() = 0;
+  /// Times `call(k)` for k = 0, 1, 2, ... one call per sample after `warmup` calls.
+  virtual Samples time_eager(const std::function<void(int)>& call, int warmup, int iters) = 0;
+  /// Captures `calls_per_graph` calls (k = 0 .. calls_per_graph-1) into one graph, replays it
+  /// `warmup` times, then times `iters` replays; each sample is replay time / calls_per_graph.
+  virtual Samples time_graph(const std::function<void(int)>& call, int calls_per_graph, int warmup,
+                             int iters) = 0;
+};
+
+/// RAII buffer of a backend.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Backend* b, std::size_t bytes) : backend_(b), bytes_(bytes), data_(bytes ? b->alloc(bytes) : nullptr) {}
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  Buffer(Buffer&& o) noexcept { *this = std::move(o); }
+  Buffer& operator=(Buffer&& o) noexcept {
+    reset();
+    backend_ = o.backend_;
+    bytes_ = o.bytes_;
+    data_ = o.data_;
+    o.data_ = nullptr;
+    o.bytes_ = 0;
+    return *this;
+  }
+  ~Buffer() { reset(); }
+  void reset() {
+    if (data_) backend_->release(data_);
+    data_ = nullptr;
+    bytes_ = 0;
+  }
+  void* get() const { return data_; }
+  std::size_t bytes() const { return bytes_; }
+
+ private:
+  Backend* backend_ = nullptr;
+  std::size_t bytes_ = 0;
+  void* data_ = nullptr;
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+#ifdef PAGEDATTN_WITH_CUDA
+/// Number of usable CUDA devices (0 when the driver or a device is missing).
+int cuda_device_count();
+std::unique_ptr<Backend> make_cuda_backend(int device_index);
+#endif
+
+}  // namespace pagedattn::bench
