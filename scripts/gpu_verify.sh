@@ -76,10 +76,13 @@ if [ -n "$bench" ] && [ -x "$build/tools/pagedattn-bench" ]; then
 fi
 if [ $python -eq 1 ]; then
   (cd "$root" && python3 -m pip install --no-build-isolation --no-deps -v . > "$out/pip_install.log" 2>&1) || { say "pip install FAILED"; tail -30 "$out/pip_install.log"; rc=1; }
-  (cd /tmp && PYTHONUNBUFFERED=1 python3 -m pytest "$root/tests/python" -q -rs > "$out/pytest.log" 2>&1); r=$?
+  (cd /tmp && PYTHONUNBUFFERED=1 python3 -X faulthandler -m pytest "$root/tests/python" -v -rs -p no:cacheprovider > "$out/pytest.log" 2>&1); r=$?
   say "pytest: rc=$r $(tail -1 "$out/pytest.log")"
-  [ $r -ne 0 ] && { grep -E "FAILED|Error" "$out/pytest.log" | head -20; rc=1; }
+  [ $r -ne 0 ] && { grep -E "FAILED|Error|Fatal|File \"" "$out/pytest.log" | head -30; tail -5 "$out/pytest.log"; rc=1; }
   (cd /tmp && python3 "$root/python/tools/overhead.py" > "$out/overhead.log" 2>&1) && tail -12 "$out/overhead.log" | tee -a "$summary"
 fi
 say "overall rc=$rc"
+# the device tool brings back at most 8 files: pack the logs, keep summary and benchmark data
+(cd "$out" && tar czf logs.tgz --exclude=logs.tgz --exclude='bench_*.json' --exclude='bench_*.csv' --exclude=summary.txt . \
+  && find . -maxdepth 1 -type f ! -name logs.tgz ! -name summary.txt ! -name 'bench_*.json' ! -name 'bench_*.csv' -delete)
 exit $rc

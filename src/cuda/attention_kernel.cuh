@@ -20,6 +20,11 @@
 #include "cuda/common.cuh"
 #include "cuda/kernel_params.h"
 
+// Build switch for A/B timing of the value prefetch (CMake option PAGEDATTN_PREFETCH_V).
+#ifndef PAGEDATTN_PREFETCH_V
+#define PAGEDATTN_PREFETCH_V 1
+#endif
+
 namespace pagedattn::detail::cuda {
 
 inline constexpr int kWarps = 4;
@@ -44,6 +49,8 @@ struct AttentionTraits {
   static constexpr int kVChunks = kTile / kX;                         ///< value vectors per d per tile
   static constexpr int kND = (D + 31) / 32;                           ///< head dims per lane (PV)
   static_assert(kKChunks % kKGroup == 0, "key chunk groups must tile the head");
+  /// Prefetch the whole tile's values into registers when that costs at most 64 registers.
+  static constexpr bool kPrefetchV = PAGEDATTN_PREFETCH_V && kVChunks * kND * 4 <= 64;
   // shared memory: main loop (queries, probabilities, page ids) and final merge alias
   static constexpr int kMainFloats = HPC * D + kWarps * HPC * kTile + kWarps * kTile;
   static constexpr int kMergeFloats = kWarps * HPC * D + 2 * kWarps * HPC;
@@ -139,6 +146,41 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (!__any_sync(0xffffffffu, head_mask != 0)) continue;  // tile fully masked
     my_pg[lane] = head_mask != 0 ? page : -1;
+    __syncwarp();
+
+    // Value vectors of this tile for this lane's head dimensions: vector j holds x tokens
+    // of dimension d. Pages no head attends stay zero (not loaded); so do tokens past the
+    // split when a whole vector lies beyond it.
+    auto load_values = [&](std::uint32_t (&raw)[kND][4], int j) {
+      const int tj = t0 + j * kX;
+      const int pg0 = my_pg[j * kX];
+      const int pg1 = (kX > 8 && bs == 8) ? my_pg[j * kX + 8] : pg0;  // fp8 with 8-token blocks spans two pages
+#pragma unroll
+      for (int i = 0; i < kND; ++i) {
+        const int d = lane + 32 * i;
+        raw[i][0] = raw[i][1] = raw[i][2] = raw[i][3] = 0u;
+        if (tj >= end || (pg0 < 0 && pg1 < 0) || !(D % 32 == 0 || d < D)) continue;
+        if (kX <= 8 || bs >= 16) {
+          load_words<16>(vbase + static_cast<std::int64_t>(pg0) * p.v_block_stride + static_cast<std::int64_t>(d) * bs +
+                             (tj & (bs - 1)),
+                         raw[i]);
+        } else {  // 16 fp8 tokens from two 8-token pages
+          if (pg0 >= 0)
+            load_words<8>(vbase + static_cast<std::int64_t>(pg0) * p.v_block_stride + static_cast<std::int64_t>(d) * 8,
+                          raw[i]);
+          if (pg1 >= 0 && end - tj > 8)
+            load_words<8>(vbase + static_cast<std::int64_t>(pg1) * p.v_block_stride + static_cast<std::int64_t>(d) * 8,
+                          raw[i] + 2);
+        }
+      }
+    };
+    // With registers to spare, every value load of the tile is issued before the key math,
+    // so one memory latency per tile is exposed instead of two.
+    std::uint32_t vraw[Tr::kPrefetchV ? Tr::kVChunks : 1][kND][4];
+    if constexpr (Tr::kPrefetchV) {
+#pragma unroll
+      for (int j = 0; j < Tr::kVChunks; ++j) load_values(vraw[j], j);
+    }
 
     // ---- QK: lane = token
     float s[HPC];
@@ -199,34 +241,15 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < Tr::kVChunks; ++j) {
       const int tj = t0 + j * kX;  // first token of this value vector
       if (tj >= end) break;
-      const int pg0 = my_pg[j * kX];
-      const int pg1 = (kX > 8 && bs == 8) ? my_pg[j * kX + 8] : pg0;  // fp8 with 8-token blocks spans two pages
-      if (pg0 < 0 && pg1 < 0) continue;
-      const int valid = end - tj;  // tokens of the vector inside the split (may exceed kX)
-      std::uint32_t raw[kND][4];
-#pragma unroll
-      for (int i = 0; i < kND; ++i) {
-        const int d = lane + 32 * i;
-        raw[i][0] = raw[i][1] = raw[i][2] = raw[i][3] = 0u;
-        if (D % 32 == 0 || d < D) {
-          if (kX <= 8 || bs >= 16) {
-            const CacheT* vp = vbase + static_cast<std::int64_t>(pg0) * p.v_block_stride +
-                               static_cast<std::int64_t>(d) * bs + (tj & (bs - 1));
-            load_words<16>(vp, raw[i]);
-          } else {  // 16 fp8 tokens from two 8-token pages
-            if (pg0 >= 0)
-              load_words<8>(vbase + static_cast<std::int64_t>(pg0) * p.v_block_stride + static_cast<std::int64_t>(d) * 8,
-                            raw[i]);
-            if (pg1 >= 0 && valid > 8)
-              load_words<8>(vbase + static_cast<std::int64_t>(pg1) * p.v_block_stride + static_cast<std::int64_t>(d) * 8,
-                            raw[i] + 2);
-          }
-        }
+      if constexpr (!Tr::kPrefetchV) {
+        if (my_pg[j * kX] < 0 && my_pg[j * kX + (kX > 8 && bs == 8 ? 8 : 0)] < 0) continue;
+        load_values(vraw[0], j);
       }
+      const int valid = end - tj;  // tokens of the vector inside the split (may exceed kX)
 #pragma unroll
       for (int i = 0; i < kND; ++i) {
         float vf[kX];
-        Decoder<T, C, kX>::run(raw[i], vf);
+        Decoder<T, C, kX>::run(vraw[Tr::kPrefetchV ? j : 0][i], vf);
         if (valid < kX) {
 #pragma unroll
           for (int e = 0; e < kX; ++e)
