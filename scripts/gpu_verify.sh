@@ -83,6 +83,6 @@ if [ $python -eq 1 ]; then
 fi
 say "overall rc=$rc"
 # the device tool brings back at most 8 files: pack the logs, keep summary and benchmark data
-(cd "$out" && tar czf logs.tgz --exclude=logs.tgz --exclude='bench_*.json' --exclude='bench_*.csv' --exclude=summary.txt . \
-  && find . -maxdepth 1 -type f ! -name logs.tgz ! -name summary.txt ! -name 'bench_*.json' ! -name 'bench_*.csv' -delete)
+(cd "$out" && find . -maxdepth 1 -type f ! -name summary.txt ! -name 'bench_*.json' ! -name 'bench_*.csv' -printf '%f\n' > /tmp/pagedattn_logs.txt \
+  && tar czf /tmp/pagedattn_logs.tgz -T /tmp/pagedattn_logs.txt; xargs rm -f < /tmp/pagedattn_logs.txt; mv /tmp/pagedattn_logs.tgz logs.tgz)
 exit $rc

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job: builds pagedattn-bench and runs its default sweep (the CUDA backend when a
+# GPU is present, else the CPU backend), checking every timed case against the float64
+# reference. Extra arguments go to pagedattn-bench (e.g. --sweep issue3 --json out.json).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup_deps.sh
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j"$(nproc)" --target pagedattn-bench
+build/tools/pagedattn-bench "$@"
