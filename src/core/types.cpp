@@ -1,4 +1,3 @@
-#include <sstream>
 
 #include "core/check.h"
 #include "pagedattn/attention.h"
@@ -118,11 +117,9 @@ bool built_with_cuda() {
 
 namespace detail {
 std::string shape_str(const TensorView& t) {
-  std::ostringstream os;
-  os << '[';
-  for (int i = 0; i < t.ndim; ++i) os << (i ? ", " : "") << t.shape[i];
-  os << ']';
-  return os.str();
+  std::string s = "[";
+  for (int i = 0; i < t.ndim; ++i) s += (i ? ", " : "") + std::to_string(t.shape[i]);
+  return s + "]";
 }
 }  // namespace detail
 

@@ -1,5 +1,10 @@
 #include "cuda/launch.h"
 
+// Build switch for A/B timing: the most query heads one CTA computes (4 or 8).
+#ifndef PAGEDATTN_MAX_HEADS_PER_CTA
+#define PAGEDATTN_MAX_HEADS_PER_CTA 8
+#endif
+
 #include <algorithm>
 #include <string>
 
@@ -18,7 +23,7 @@ const AttentionInstance kInstances[] = {
 int heads_per_cta(int group_size) {
   if (group_size <= 1) return 1;
   if (group_size <= 2) return 2;
-  if (group_size <= 4) return 4;
+  if (group_size <= 4 || PAGEDATTN_MAX_HEADS_PER_CTA < 8) return 4;
   return 8;
 }
 

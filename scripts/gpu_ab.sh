@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# A/B timing on a GPU machine: builds pagedattn-bench twice with different CMake switches
+# (trimmed kernel lists for speed) and runs the same benchmark arguments on both, in one
+# call on one card, so the two columns are comparable.
+#
+#   scripts/gpu_ab.sh OUT_DIR "CMAKE_ARGS_A" "CMAKE_ARGS_B" BENCH_ARGS...
+#   e.g. scripts/gpu_ab.sh $OUT "" "-DPAGEDATTN_MAX_HEADS_PER_CTA=4" --heads 64/8 --batch 8 --seq-len 4k,16k --algo auto
+set -uo pipefail
+out=$1; a=$2; b=$3; shift 3
+mkdir -p "$out"
+root=$(cd "$(dirname "$0")/.." && pwd)
+trim="-DPAGEDATTN_HEAD_SIZES=${AB_HEAD_SIZES:-128} -DPAGEDATTN_DTYPES=${AB_DTYPES:-float16;bfloat16} -DPAGEDATTN_CACHE_DTYPES=${AB_CACHE_DTYPES:-auto;fp8_e4m3}"
+prefix=""; [ -d "$root/.devdeps/usr" ] && prefix="-DCMAKE_PREFIX_PATH=$root/.devdeps/usr"
+for v in A B; do
+  args=$a; [ $v = B ] && args=$b
+  dir=/tmp/pagedattn_ab_$v
+  cmake -S "$root" -B $dir -G Ninja -DCMAKE_BUILD_TYPE=Release -DPAGEDATTN_BUILD_TESTS=OFF $prefix $trim $args > "$out/configure_$v.log" 2>&1 \
+    && cmake --build $dir -j"$(nproc)" --target pagedattn-bench > "$out/build_$v.log" 2>&1 || { echo "build $v failed"; tail -20 "$out/build_$v.log"; exit 1; }
+done
+for v in A B; do
+  echo "=== $v: $( [ $v = A ] && echo "$a" || echo "$b" )"
+  /tmp/pagedattn_ab_$v/tools/pagedattn-bench --backend cuda --json "$out/ab_$v.json" "$@" 2>/dev/null | grep -E "^ +[0-9]+ +[a-z]|copy bandwidth"
+done
