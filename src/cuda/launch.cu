@@ -2,7 +2,7 @@
 
 // Build switch for A/B timing: the most query heads one CTA computes (4 or 8).
 #ifndef PAGEDATTN_MAX_HEADS_PER_CTA
-#define PAGEDATTN_MAX_HEADS_PER_CTA 8
+#define PAGEDATTN_MAX_HEADS_PER_CTA 4
 #endif
 
 #include <algorithm>
