@@ -7,11 +7,13 @@ namespace {
 
 using detail::AttentionShape;
 
+#ifndef PAGEDATTN_WITH_CUDA
 [[noreturn]] void no_cuda(const char* op) {
   detail::fail(ErrorCode::kBackendError, op,
                ": tensors are on a CUDA device but this build of pagedattn has no CUDA backend "
                "(configure with PAGEDATTN_ENABLE_CUDA=ON)");
 }
+#endif
 
 bool on_cuda(const AttentionShape& s) { return s.device.type == DeviceType::kCUDA; }
 

@@ -10,11 +10,13 @@
 namespace pagedattn {
 namespace {
 
+#ifndef PAGEDATTN_WITH_CUDA
 [[noreturn]] void no_cuda(const char* op) {
   detail::fail(ErrorCode::kBackendError, op,
                ": tensors are on a CUDA device but this build of pagedattn has no CUDA backend "
                "(configure with PAGEDATTN_ENABLE_CUDA=ON)");
 }
+#endif
 
 }  // namespace
 

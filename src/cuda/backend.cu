@@ -25,7 +25,8 @@ void require_aligned(const TensorView& t, const char* op, const char* name) {
            " elements must be a multiple of ", per16, " (16 bytes) for the CUDA kernels' vector loads");
 }
 
-AttentionKernelParams make_params(const PagedAttentionParams& p, const AttentionShape& s, const char* op) {
+AttentionKernelParams make_params(const PagedAttentionParams& p, const AttentionShape& s, const KernelChoice& kc,
+                                  const char* op) {
   require_aligned(p.key_cache, op, "key_cache");
   require_aligned(p.value_cache, op, "value_cache");
   AttentionKernelParams k{};
@@ -47,8 +48,7 @@ AttentionKernelParams make_params(const PagedAttentionParams& p, const Attention
   k.num_heads = s.num_heads;
   k.num_kv_heads = s.num_kv_heads;
   k.group_size = s.group_size();
-  const int hpc = heads_per_cta(k.group_size);
-  k.head_tiles = (k.group_size + hpc - 1) / hpc;
+  k.head_tiles = kc.head_tiles;
   k.block_size = s.block_size;
   k.block_shift = log2_exact(s.block_size);
   k.sparse = p.blocksparse.enabled() ? 1 : 0;
@@ -86,17 +86,18 @@ void launch_reduce(const AttentionShape& s, const ReduceKernelParams& r, cudaStr
 void attention_v1(const PagedAttentionParams& p, const AttentionShape& s) {
   DeviceGuard guard(s.device.index);
   check_grid(s, "paged_attention_v1");
-  AttentionKernelParams k = make_params(p, s, "paged_attention_v1");
+  const KernelChoice kc = choose_kernel(p, s);
+  AttentionKernelParams k = make_params(p, s, kc, "paged_attention_v1");
   k.partition_size = 1 << 30;  // one pass over the whole sequence (online softmax: no length limit)
   k.max_splits = 1;
-  const auto& inst = find_instance(s.dtype, p.kv_cache_dtype, s.head_size);
-  inst.launch(k, heads_per_cta(k.group_size), attention_grid(k, s, 1), static_cast<cudaStream_t>(p.stream));
+  kc.launch(k, attention_grid(k, s, 1), static_cast<cudaStream_t>(p.stream));
 }
 
 void attention_v2(const PagedAttentionParams& p, const AttentionShape& s, const V2Workspace& ws) {
   DeviceGuard guard(s.device.index);
   check_grid(s, "paged_attention_v2");
-  AttentionKernelParams k = make_params(p, s, "paged_attention_v2");
+  const KernelChoice kc = choose_kernel(p, s);
+  AttentionKernelParams k = make_params(p, s, kc, "paged_attention_v2");
   k.partition_size = kPartitionSize;
   k.max_splits = static_cast<int>(ws.exp_sums.shape[2]);
   k.exp_sums = static_cast<float*>(ws.exp_sums.data);
@@ -105,8 +106,7 @@ void attention_v2(const PagedAttentionParams& p, const AttentionShape& s, const 
   k.tmp_out_f32 = 0;
   k.always_partials = 1;
   const auto stream = static_cast<cudaStream_t>(p.stream);
-  const auto& inst = find_instance(s.dtype, p.kv_cache_dtype, s.head_size);
-  inst.launch(k, heads_per_cta(k.group_size), attention_grid(k, s, s.max_num_partitions), stream);
+  kc.launch(k, attention_grid(k, s, s.max_num_partitions), stream);
   ReduceKernelParams r{};
   r.out = p.out.data;
   r.exp_sums = k.exp_sums;
@@ -129,9 +129,9 @@ struct AutoLayout {
   std::size_t exp_sums_off, max_logits_off, tmp_out_off, total;
 };
 std::size_t align256(std::size_t v) { return (v + 255) / 256 * 256; }
-AutoLayout auto_layout(const PagedAttentionParams& p, const AttentionShape& s) {
+AutoLayout auto_layout(const PagedAttentionParams& p, const AttentionShape& s, const KernelChoice& kc) {
   AutoLayout a{};
-  a.plan = plan_splits(p, s);
+  a.plan = plan_splits(p, s, kc);
   if (a.plan.num_splits <= 1) return a;
   const std::size_t rows = static_cast<std::size_t>(s.num_seqs) * s.num_heads * a.plan.num_splits;
   a.exp_sums_off = 0;
@@ -144,15 +144,16 @@ AutoLayout auto_layout(const PagedAttentionParams& p, const AttentionShape& s) {
 
 std::size_t auto_workspace_size(const PagedAttentionParams& p, const AttentionShape& s) {
   DeviceGuard guard(s.device.index);
-  return auto_layout(p, s).total;
+  return auto_layout(p, s, choose_kernel(p, s)).total;
 }
 
 void attention_auto(const PagedAttentionParams& p, const AttentionShape& s, void* ws, std::size_t ws_bytes) {
   DeviceGuard guard(s.device.index);
   (void)ws_bytes;  // checked against auto_workspace_size by the API
   check_grid(s, "paged_attention");
-  const AutoLayout a = auto_layout(p, s);
-  AttentionKernelParams k = make_params(p, s, "paged_attention");
+  const KernelChoice kc = choose_kernel(p, s);
+  const AutoLayout a = auto_layout(p, s, kc);
+  AttentionKernelParams k = make_params(p, s, kc, "paged_attention");
   k.partition_size = a.plan.partition_size;
   k.max_splits = a.plan.num_splits;
   const auto stream = static_cast<cudaStream_t>(p.stream);
@@ -164,8 +165,7 @@ void attention_auto(const PagedAttentionParams& p, const AttentionShape& s, void
     k.tmp_out_f32 = 1;
   }
   k.always_partials = 0;
-  const auto& inst = find_instance(s.dtype, p.kv_cache_dtype, s.head_size);
-  inst.launch(k, heads_per_cta(k.group_size), attention_grid(k, s, a.plan.num_splits), stream);
+  kc.launch(k, attention_grid(k, s, a.plan.num_splits), stream);
   if (a.plan.num_splits <= 1) return;
   ReduceKernelParams r{};
   r.out = p.out.data;

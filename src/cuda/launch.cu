@@ -4,6 +4,10 @@
 #ifndef PAGEDATTN_MAX_HEADS_PER_CTA
 #define PAGEDATTN_MAX_HEADS_PER_CTA 4
 #endif
+// Build switch for A/B timing: use the tensor-core kernel where it exists.
+#ifndef PAGEDATTN_TENSOR_CORES
+#define PAGEDATTN_TENSOR_CORES 1
+#endif
 
 #include <algorithm>
 #include <string>
@@ -12,6 +16,9 @@
 #include "cuda/common.cuh"
 
 namespace pagedattn::detail::cuda {
+
+inline constexpr int kMmaHeadsPerCta = 8;  // attention_mma.cuh's kMmaHeads
+
 namespace {
 
 const AttentionInstance kInstances[] = {
@@ -50,7 +57,23 @@ int sm_count(int device) {
 }
 }  // namespace
 
-SplitPlan plan_splits(const PagedAttentionParams& p, const AttentionShape& s) {
+void KernelChoice::launch(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) const {
+  if (mma) return inst->launch_mma(kp, grid, stream);
+  inst->launch(kp, heads, grid, stream);
+}
+
+KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& s) {
+  KernelChoice k{};
+  k.inst = &find_instance(s.dtype, p.kv_cache_dtype, s.head_size);
+  const int group = s.group_size();
+  k.mma = PAGEDATTN_TENSOR_CORES && k.inst->launch_mma != nullptr && (group >= 2 || p.kv_cache_dtype != CacheDType::kAuto);
+  k.heads = k.mma ? kMmaHeadsPerCta : heads_per_cta(group);
+  k.head_tiles = (group + k.heads - 1) / k.heads;
+  k.ctas_per_sm = k.mma ? k.inst->mma_ctas_per_sm() : k.inst->ctas_per_sm(k.heads);
+  return k;
+}
+
+SplitPlan plan_splits(const PagedAttentionParams& p, const AttentionShape& s, const KernelChoice& k) {
   // Splits along the sequence so the (sequence, kv head, head tile, split) grid fills the
   // GPU without a ragged last wave. For each candidate split count the cost is
   // waves x (tokens per CTA + a fixed per-CTA cost), waves = ceil(CTAs / resident slots);
@@ -60,11 +83,8 @@ SplitPlan plan_splits(const PagedAttentionParams& p, const AttentionShape& s) {
   constexpr int kMinPartition = 128;   // 4 tiles: one per warp
   constexpr long long kCtaCost = 96;   // fixed cost of a CTA (query load, merge, partial write) in tokens
   constexpr int kMaxSplits = 256;
-  const int hpc = heads_per_cta(s.group_size());
-  const int tiles = (s.group_size() + hpc - 1) / hpc;
-  const long long base = static_cast<long long>(s.num_seqs) * s.num_kv_heads * tiles;
-  const auto& inst = find_instance(s.dtype, p.kv_cache_dtype, s.head_size);
-  const long long slots = static_cast<long long>(sm_count(s.device.index)) * inst.ctas_per_sm(hpc);
+  const long long base = static_cast<long long>(s.num_seqs) * s.num_kv_heads * k.head_tiles;
+  const long long slots = static_cast<long long>(sm_count(s.device.index)) * k.ctas_per_sm;
   const long long max_len = p.max_seq_len;
   if (max_len <= kMinPartition || base <= 0) return {1 << 30, 1};
   const long long most = std::min<long long>(kMaxSplits, (max_len + kMinPartition - 1) / kMinPartition);

@@ -10,7 +10,8 @@
 
 namespace pagedattn::detail::cuda {
 
-/// Heads of one GQA group computed by one CTA, as the instances are compiled (1, 2, 4, 8).
+/// Heads of one GQA group computed by one CTA on the CUDA-core path (1, 2, 4; 8 when
+/// PAGEDATTN_MAX_HEADS_PER_CTA allows).
 int heads_per_cta(int group_size);
 
 /// One compiled (query dtype, cache dtype, head size) family; `hpc` picks the instance.
@@ -20,7 +21,22 @@ struct AttentionInstance {
   int head_size;
   void (*launch)(const AttentionKernelParams& kp, int hpc, dim3 grid, cudaStream_t stream);
   int (*ctas_per_sm)(int hpc);  ///< occupancy of the instance, for the split planner
+  /// Tensor-core path (float16/bfloat16 queries, head_size <= 128); nullptr elsewhere.
+  void (*launch_mma)(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream);
+  int (*mma_ctas_per_sm)();
 };
+
+/// Which kernel runs a call: the tensor-core one where it exists and pays (GQA groups of 2
+/// or more, or any fp8 cache), else the CUDA-core one with `heads` query heads per CTA.
+struct KernelChoice {
+  const AttentionInstance* inst;
+  bool mma;
+  int heads;        ///< query heads per CTA
+  int head_tiles;   ///< CTAs along one kv head's group
+  int ctas_per_sm;  ///< occupancy, for the split planner
+  void launch(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) const;
+};
+KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& s);
 
 /// Looks the instance up in the generated table; kUnsupported if this build lacks it.
 const AttentionInstance& find_instance(DType dtype, CacheDType cache, int head_size);
@@ -30,12 +46,16 @@ template <typename T, int C, int D>
 void launch_attention(const AttentionKernelParams& kp, int hpc, dim3 grid, cudaStream_t stream);
 template <typename T, int C, int D>
 int attention_ctas_per_sm(int hpc);
+template <typename T, int C, int D>
+void launch_attention_mma(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream);
+template <typename T, int C, int D>
+int attention_mma_ctas_per_sm();
 
 /// The auto path's split plan: tokens per split and the number of splits launched.
 struct SplitPlan {
   int partition_size;  ///< multiple of 32
   int num_splits;      ///< gridDim.z
 };
-SplitPlan plan_splits(const PagedAttentionParams& p, const AttentionShape& s);
+SplitPlan plan_splits(const PagedAttentionParams& p, const AttentionShape& s, const KernelChoice& k);
 
 }  // namespace pagedattn::detail::cuda

@@ -3,7 +3,12 @@
 #pragma once
 
 #include "cuda/attention_kernel.cuh"
+#include "cuda/attention_mma.cuh"
 #include "cuda/launch.h"
+
+#ifndef PAGEDATTN_MAX_HEADS_PER_CTA
+#define PAGEDATTN_MAX_HEADS_PER_CTA 4
+#endif
 
 namespace pagedattn::detail::cuda {
 
@@ -36,19 +41,45 @@ int occupancy_one() {
 }
 
 template <typename T, int C, int D>
+void launch_attention_mma(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
+  constexpr CacheKind kind = static_cast<CacheKind>(C);
+  using Tr = MmaTraits<T, kind, D>;
+  static_assert(Tr::kSmemBytes <= 48 * 1024, "tensor-core path fits the default shared memory");
+  paged_attention_mma_kernel<T, kind, D><<<grid, kThreads, Tr::kSmemBytes, stream>>>(kp);
+  check_launch("paged_attention_mma_kernel launch");
+}
+
+template <typename T, int C, int D>
+int attention_mma_ctas_per_sm() {
+  constexpr CacheKind kind = static_cast<CacheKind>(C);
+  static const int ctas = [] {
+    int n = 0;
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, paged_attention_mma_kernel<T, kind, D>, kThreads,
+                                                             MmaTraits<T, kind, D>::kSmemBytes),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    return n > 0 ? n : 1;
+  }();
+  return ctas;
+}
+
+template <typename T, int C, int D>
 void launch_attention(const AttentionKernelParams& kp, int hpc, dim3 grid, cudaStream_t stream) {
   if (hpc == 1) return launch_one<T, C, D, 1>(kp, grid, stream);
   if (hpc == 2) return launch_one<T, C, D, 2>(kp, grid, stream);
-  if (hpc == 4) return launch_one<T, C, D, 4>(kp, grid, stream);
-  return launch_one<T, C, D, 8>(kp, grid, stream);
+  if constexpr (PAGEDATTN_MAX_HEADS_PER_CTA >= 8) {
+    if (hpc == 8) return launch_one<T, C, D, 8>(kp, grid, stream);
+  }
+  return launch_one<T, C, D, 4>(kp, grid, stream);
 }
 
 template <typename T, int C, int D>
 int attention_ctas_per_sm(int hpc) {
   if (hpc == 1) return occupancy_one<T, C, D, 1>();
   if (hpc == 2) return occupancy_one<T, C, D, 2>();
-  if (hpc == 4) return occupancy_one<T, C, D, 4>();
-  return occupancy_one<T, C, D, 8>();
+  if constexpr (PAGEDATTN_MAX_HEADS_PER_CTA >= 8) {
+    if (hpc == 8) return occupancy_one<T, C, D, 8>();
+  }
+  return occupancy_one<T, C, D, 4>();
 }
 
 }  // namespace pagedattn::detail::cuda

@@ -1,0 +1,403 @@
+// Tensor-core variant of the paged-attention kernel for float16/bfloat16 queries (any cache
+// dtype) and head sizes up to 128.
+//
+// Same work split as attention_kernel.cuh (one CTA per sequence, kv head, up to 8 query
+// heads of its group, split; four warps on 32-token tiles; online softmax; fixed-order warp
+// merge), but both products run on mma.sync m16n8k16 with float32 accumulation, computed
+// transposed so the 8 query heads are the narrow n dimension:
+//   S^T[16 tokens x 8 heads]  = K[16 tokens x d] . Q^T[d x 8 heads]
+//   O^T[16 dims x 8 heads]   += V^T[16 dims x 16 tokens] . P^T[16 tokens x 8 heads]
+// The reduction index of each product may be permuted freely as long as both operands use
+// the same permutation; it is chosen so every thread loads whole 16-byte vectors straight
+// from the cache layouts ([.., head_size/x, block_size, x] keys, [.., head_size,
+// block_size] values) into its fragments, with no shared-memory staging:
+//   keys:   lane (r = lane/4, q = lane%4) loads chunk 4*kb + q (E consecutive dims) of
+//           tokens r and r+8; mma k-step s of that 4E-dim block uses elements 4s..4s+3.
+//   values: lane loads 8 consecutive tokens 8q..8q+7 of dims r and r+8; k-step s (16
+//           tokens) uses tokens 8q+4s..8q+4s+3.
+// fp8 caches are converted to the mma's 16-bit type after the load (hardware pair
+// conversions; exact). Probabilities go through shared memory once per tile to change
+// from the S^T accumulator layout to the P^T operand layout.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/attention_kernel.cuh"
+
+namespace pagedattn::detail::cuda {
+
+inline constexpr int kMmaHeads = 8;  ///< query heads per CTA on the tensor-core path
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                                          std::uint32_t b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+/// Two floats packed as the mma's 16-bit pair type.
+template <typename T>
+__device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __half>) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<std::uint32_t*>(&h);
+  } else {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<std::uint32_t*>(&h);
+  }
+}
+
+/// Converts the 16-byte-vector words of a cache load into pairs of T (16-bit) words.
+/// 16-bit caches are already in T; fp8 goes fp8x2 -> f16x2 (hardware, exact), and for
+/// bfloat16 on to bf16x2 (exact: every fp8 value is a bf16 value).
+template <typename T, CacheKind C>
+__device__ __forceinline__ std::uint32_t fp8x2_to_pair(std::uint32_t two_bytes) {
+  constexpr __nv_fp8_interpretation_t kind = C == CacheKind::kE4M3 ? __NV_E4M3 : __NV_E5M2;
+  __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_bytes), kind);
+  if constexpr (std::is_same_v<T, __half>) {
+    return *reinterpret_cast<std::uint32_t*>(&h);
+  } else {
+    const float2 f = __half22float2(*reinterpret_cast<__half2*>(&h));
+    return pack2<T>(f.x, f.y);
+  }
+}
+
+template <typename T, CacheKind C, int D>
+struct MmaTraits {
+  using CacheT = typename CacheElem<T, C>::type;
+  static constexpr int kE = 16 / static_cast<int>(sizeof(CacheT));  ///< elements per 16-byte load (8 or 16)
+  static constexpr int kChunks = (D + kE - 1) / kE;                  ///< 16-byte key chunks per token
+  static constexpr int kKBlocks = (kChunks + 3) / 4;                 ///< blocks of 4 chunks (4E dims)
+  static constexpr int kKSteps = kE / 4;                             ///< mma k-steps per key block
+  static constexpr int kDTiles = (D + 15) / 16;                      ///< 16-dim tiles of the output
+  static constexpr int kVBytes = 8 * static_cast<int>(sizeof(CacheT));  ///< one value load: 8 tokens
+  // shared memory: queries (main loop), probabilities per warp; merge buffers alias both
+  static constexpr int kQFloats = kMmaHeads * D;
+  static constexpr int kPHalves = kWarps * kMmaHeads * kTile;
+  static constexpr int kMainBytes = 4 * kQFloats + 2 * kPHalves;
+  static constexpr int kMergeBytes = 4 * (kWarps * kMmaHeads * D + 2 * kWarps * kMmaHeads);
+  static constexpr int kSmemBytes = kMainBytes > kMergeBytes ? kMainBytes : kMergeBytes;
+  static_assert(D <= 128, "the tensor-core path keeps the output in registers: head_size <= 128");
+};
+
+template <typename T, CacheKind C, int D>
+__global__ void __launch_bounds__(kThreads)
+    paged_attention_mma_kernel(const __grid_constant__ AttentionKernelParams p) {
+  using Tr = MmaTraits<T, C, D>;
+  using CacheT = typename Tr::CacheT;
+  constexpr int kE = Tr::kE;
+  constexpr int H = kMmaHeads;
+
+  const int seq = blockIdx.y;
+  const int split = blockIdx.z;
+  const int kv_head = blockIdx.x / p.head_tiles;
+  const int tile_idx = blockIdx.x % p.head_tiles;
+  const int head0 = kv_head * p.group_size + tile_idx * H;
+  const int nh = min(H, p.group_size - tile_idx * H);
+  const int seq_len = p.seq_lens[seq];
+  const int start = split * p.partition_size;
+  const int num_splits = seq_len > 0 ? (seq_len + p.partition_size - 1) / p.partition_size : 1;
+  if (split >= num_splits) return;
+  const int end = min(start + p.partition_size, seq_len);
+  const bool write_partials = p.always_partials || num_splits > 1;
+
+  extern __shared__ float4 smem4[];
+  float* q_s = reinterpret_cast<float*>(smem4);  // [H][D] unscaled queries (exact in T)
+  T* p_s = reinterpret_cast<T*>(q_s + Tr::kQFloats);  // [kWarps][H][kTile] probabilities
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int r = lane / 4;  // fragment row group
+  const int q = lane % 4;  // fragment column pair
+
+  const T* qg = static_cast<const T*>(p.query) + static_cast<std::int64_t>(seq) * p.q_stride;
+  for (int i = tid; i < H * D; i += kThreads) {
+    const int h = i / D;
+    q_s[i] = h < nh ? to_float(qg[static_cast<std::int64_t>(head0 + h) * D + i % D]) : 0.0f;
+  }
+  __syncthreads();
+
+  // Q^T operand (B of the first product): head r, dims E*q + 4s + {0,1} and {2,3} of each
+  // key block, in the same permuted order the key loads produce.
+  std::uint32_t qb[Tr::kKBlocks][Tr::kKSteps][2];
+#pragma unroll
+  for (int kb = 0; kb < Tr::kKBlocks; ++kb)
+#pragma unroll
+    for (int s = 0; s < Tr::kKSteps; ++s)
+#pragma unroll
+      for (int w = 0; w < 2; ++w) {
+        const int d = kb * 4 * kE + kE * q + 4 * s + 2 * w;
+        const float lo = d < D ? q_s[r * D + d] : 0.0f;
+        const float hi = d + 1 < D ? q_s[r * D + d + 1] : 0.0f;
+        qb[kb][s][w] = pack2<T>(lo, hi);
+      }
+  // This thread's two heads in the S^T / O^T accumulators: 2q and 2q+1.
+  float slope[2];
+#pragma unroll
+  for (int e = 0; e < 2; ++e)
+    slope[e] = (p.alibi_slopes != nullptr && 2 * q + e < nh) ? p.alibi_slopes[head0 + 2 * q + e] : 0.0f;
+
+  const std::int32_t* bt = p.block_tables + static_cast<std::int64_t>(seq) * p.bt_stride;
+  const CacheT* kbase = static_cast<const CacheT*>(p.key_cache) + static_cast<std::int64_t>(kv_head) * p.k_head_stride;
+  const CacheT* vbase = static_cast<const CacheT*>(p.value_cache) + static_cast<std::int64_t>(kv_head) * p.v_head_stride;
+  const int bs = p.block_size;
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  float o[Tr::kDTiles][4];
+#pragma unroll
+  for (int t = 0; t < Tr::kDTiles; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+  T* my_p = p_s + warp * H * kTile;
+  const unsigned active_heads = (1u << nh) - 1u;
+
+  for (int t0 = start + warp * kTile; t0 < end; t0 += kWarps * kTile) {
+    // ---- masks: tokens mt*16 + r + 8*hf of the tile (hf = 0, 1), heads 2q, 2q+1
+    int page[2][2];
+    unsigned mask[2][2];  // bit e: head 2q+e attends the token
+    unsigned any_head[2][2];  // some active head of the CTA attends the token
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int t = t0 + mt * 16 + r + 8 * hf;
+        page[mt][hf] = 0;
+        mask[mt][hf] = 0;
+        any_head[mt][hf] = 0;
+        if (t < end) {
+          const int lb = t >> p.block_shift;
+          page[mt][hf] = bt[lb];
+          if (p.sparse) {
+            for (int h = 0; h < nh; ++h)
+              if (sparse_attended(p, seq_len, head0 + h, kv_head, lb * bs)) {
+                any_head[mt][hf] = 1;
+                if ((h >> 1) == q) mask[mt][hf] |= 1u << (h & 1);
+              }
+          } else {
+            any_head[mt][hf] = 1;
+            mask[mt][hf] = (active_heads >> (2 * q)) & 3u;
+          }
+        }
+      }
+    // ---- S^T = K . Q^T
+    float sacc[2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      sacc[mt][0] = sacc[mt][1] = sacc[mt][2] = sacc[mt][3] = 0.0f;
+      std::uint32_t raw[Tr::kKBlocks][2][4];
+#pragma unroll
+      for (int kb = 0; kb < Tr::kKBlocks; ++kb)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int chunk = kb * 4 + q;
+          raw[kb][hf][0] = raw[kb][hf][1] = raw[kb][hf][2] = raw[kb][hf][3] = 0u;
+          if (chunk < Tr::kChunks && any_head[mt][hf]) {
+            const int t = t0 + mt * 16 + r + 8 * hf;
+            load_words<16>(kbase + static_cast<std::int64_t>(page[mt][hf]) * p.k_block_stride +
+                               static_cast<std::int64_t>(chunk) * bs * kE + (t & (bs - 1)) * kE,
+                           raw[kb][hf]);
+            if ((chunk + 1) * kE > D) {  // padding of a partial last chunk (fp8, head 120): may hold NaN
+#pragma unroll
+              for (int w = 0; w < 4; ++w)
+                if (chunk * kE + w * (kE / 4) >= D) raw[kb][hf][w] = 0u;
+            }
+          }
+        }
+#pragma unroll
+      for (int kb = 0; kb < Tr::kKBlocks; ++kb)
+#pragma unroll
+        for (int s = 0; s < Tr::kKSteps; ++s) {
+          std::uint32_t a[4];
+          // a0/a2: token r, elements 4s..4s+1 / 4s+2..4s+3; a1/a3: token r+8
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            if constexpr (C == CacheKind::kSame) {
+              a[hf] = raw[kb][hf][2 * s];
+              a[2 + hf] = raw[kb][hf][2 * s + 1];
+            } else {
+              const std::uint32_t word = raw[kb][hf][s];  // bytes 4s..4s+3
+              a[hf] = fp8x2_to_pair<T, C>(word & 0xffffu);
+              a[2 + hf] = fp8x2_to_pair<T, C>(word >> 16);
+            }
+          }
+          mma_16816<T>(sacc[mt], a, qb[kb][s][0], qb[kb][s][1]);
+        }
+    }
+    // ---- online softmax for heads 2q, 2q+1 over this tile's 32 tokens
+    float alpha[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float sv[4];
+      float mx = -INFINITY;
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int t = t0 + mt * 16 + r + 8 * hf;
+          float v = -INFINITY;
+          if (mask[mt][hf] & (1u << e))
+            v = sacc[mt][2 * hf + e] * p.qk_scale + slope[e] * static_cast<float>(t - seq_len + 1);
+          sv[mt * 2 + hf] = v;
+          mx = fmaxf(mx, v);
+        }
+#pragma unroll
+      for (int off = 4; off < 32; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      const float m_new = fmaxf(m[e], mx);
+      alpha[e] = m_new == -INFINITY ? 1.0f : __expf(m[e] - m_new);
+      float sum = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float pv = m_new == -INFINITY ? 0.0f : __expf(sv[i] - m_new);
+        sum += pv;
+        const int mt = i / 2, hf = i % 2;
+        my_p[(2 * q + e) * kTile + mt * 16 + r + 8 * hf] = from_float<T>(pv);
+      }
+      m[e] = m_new;
+      l[e] = l[e] * alpha[e] + sum;
+    }
+    __syncwarp();
+#pragma unroll
+    for (int t = 0; t < Tr::kDTiles; ++t) {
+      o[t][0] *= alpha[0];
+      o[t][1] *= alpha[1];
+      o[t][2] *= alpha[0];
+      o[t][3] *= alpha[1];
+    }
+    // ---- O^T += V^T . P^T: values of tokens 8q..8q+7 for dims 16t + r and 16t + r + 8
+    const int vt = t0 + 8 * q;
+    const int vpage = vt < end ? bt[vt >> p.block_shift] : 0;
+    // skip the page when no active head attends it (masked pages may hold anything)
+    bool v_needed = vt < end;
+    if (v_needed && p.sparse) {
+      v_needed = false;
+      for (int h = 0; h < nh; ++h) v_needed |= sparse_attended(p, seq_len, head0 + h, kv_head, (vt >> p.block_shift) * bs);
+    }
+    const int vvalid = end - vt;  // tokens of the 8 inside the split
+    // P^T operand: head r, tokens 8q + 4s + {0,1} / {2,3}
+    std::uint32_t pb[2][2];
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      const std::uint32_t* row = reinterpret_cast<const std::uint32_t*>(my_p + r * kTile + 8 * q + 4 * s);
+      pb[s][0] = row[0];
+      pb[s][1] = row[1];
+    }
+#pragma unroll
+    for (int t = 0; t < Tr::kDTiles; ++t) {
+      std::uint32_t raw[2][4];
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int d = 16 * t + r + 8 * hf;
+        raw[hf][0] = raw[hf][1] = raw[hf][2] = raw[hf][3] = 0u;
+        if (v_needed && d < D) {
+          const CacheT* vp = vbase + static_cast<std::int64_t>(vpage) * p.v_block_stride + static_cast<std::int64_t>(d) * bs +
+                             (vt & (bs - 1));
+          load_words<Tr::kVBytes>(vp, raw[hf]);
+          if (vvalid < 8) {  // tokens past the end: unused slots may hold NaN
+            constexpr int kPerWord = 4 / static_cast<int>(sizeof(CacheT));
+#pragma unroll
+            for (int w = 0; w < Tr::kVBytes / 4; ++w)
+#pragma unroll
+              for (int e = 0; e < kPerWord; ++e)
+                if (w * kPerWord + e >= vvalid) raw[hf][w] &= ~(((1u << (8 * sizeof(CacheT))) - 1u) << (8 * sizeof(CacheT) * e));
+          }
+        }
+      }
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        std::uint32_t a[4];
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          if constexpr (C == CacheKind::kSame) {
+            a[hf] = raw[hf][2 * s];
+            a[2 + hf] = raw[hf][2 * s + 1];
+          } else {
+            const std::uint32_t word = raw[hf][s];  // tokens 4s..4s+3 of the 8
+            a[hf] = fp8x2_to_pair<T, C>(word & 0xffffu);
+            a[2 + hf] = fp8x2_to_pair<T, C>(word >> 16);
+          }
+        }
+        mma_16816<T>(o[t], a, pb[s][0], pb[s][1]);
+      }
+    }
+    __syncwarp();
+  }
+
+  // ---- merge the warps in a fixed order (deterministic)
+#pragma unroll
+  for (int e = 0; e < 2; ++e)
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) l[e] += __shfl_xor_sync(0xffffffffu, l[e], off);
+  __syncthreads();
+  float* red_acc = reinterpret_cast<float*>(smem4);  // [kWarps][H][D]
+  float* red_m = red_acc + kWarps * H * D;           // [kWarps][H]
+  float* red_l = red_m + kWarps * H;
+  if (r == 0) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      red_m[warp * H + 2 * q + e] = m[e];
+      red_l[warp * H + 2 * q + e] = l[e];
+    }
+  }
+  __syncthreads();
+  float f[2];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_m[w * H + 2 * q + e]);
+    f[e] = m[e] == -INFINITY ? 0.0f : __expf(m[e] - mx);
+  }
+#pragma unroll
+  for (int t = 0; t < Tr::kDTiles; ++t)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int d = 16 * t + r + 8 * hf;
+      if (d < D) {
+        red_acc[(warp * H + 2 * q) * D + d] = o[t][2 * hf] * f[0];
+        red_acc[(warp * H + 2 * q + 1) * D + d] = o[t][2 * hf + 1] * f[1];
+      }
+    }
+  __syncthreads();
+
+  const std::int64_t row0 = static_cast<std::int64_t>(seq) * p.num_heads + head0;
+  for (int i = tid; i < nh * D; i += kThreads) {
+    const int h = i / D;
+    const int d = i % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_m[w * H + h]);
+    float sum_l = 0.0f, acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float mw = red_m[w * H + h];
+      sum_l += mw == -INFINITY ? 0.0f : red_l[w * H + h] * __expf(mw - mx);
+      acc += red_acc[(w * H + h) * D + d];
+    }
+    const float out = sum_l > 0.0f ? acc / sum_l * p.v_scale : 0.0f;
+    if (!write_partials) {
+      static_cast<T*>(p.out)[(row0 + h) * D + d] = from_float<T>(out);
+    } else {
+      const std::int64_t prow = (row0 + h) * p.max_splits + split;
+      if (d == 0) {
+        p.max_logits[prow] = mx;
+        p.exp_sums[prow] = sum_l;
+      }
+      if (p.tmp_out_f32)
+        static_cast<float*>(p.tmp_out)[prow * D + d] = out;
+      else
+        static_cast<T*>(p.tmp_out)[prow * D + d] = from_float<T>(out);
+    }
+  }
+}
+
+}  // namespace pagedattn::detail::cuda
