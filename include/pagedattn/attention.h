@@ -41,6 +41,11 @@ struct PagedAttentionParams {
   /// Checked mode (SPEC §7): also verify seq_lens and referenced block ids before computing.
   /// On CUDA this runs a small validation kernel and reads one int back (a host sync).
   bool checked = false;
+  /// Auto path only: split every sequence into fixed 512-token partitions, so a sequence's
+  /// output is bitwise independent of which other sequences share its batch (the default
+  /// planner sizes splits from the whole batch). V1, V2 and the CPU backend are always
+  /// batch-invariant. Cost: see docs/performance.md.
+  bool batch_invariant = false;
   /// cudaStream_t to run on (nullptr: the legacy default stream). Ignored on the CPU.
   void* stream = nullptr;
 };

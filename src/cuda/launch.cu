@@ -4,9 +4,9 @@
 #ifndef PAGEDATTN_MAX_HEADS_PER_CTA
 #define PAGEDATTN_MAX_HEADS_PER_CTA 4
 #endif
-// Build switch for A/B timing: use the tensor-core kernel where it exists.
+// Build switch (CMake option PAGEDATTN_TENSOR_CORES): use the tensor-core kernel where built.
 #ifndef PAGEDATTN_TENSOR_CORES
-#define PAGEDATTN_TENSOR_CORES 1
+#define PAGEDATTN_TENSOR_CORES 0
 #endif
 
 #include <algorithm>
@@ -86,6 +86,10 @@ SplitPlan plan_splits(const PagedAttentionParams& p, const AttentionShape& s, co
   const long long base = static_cast<long long>(s.num_seqs) * s.num_kv_heads * k.head_tiles;
   const long long slots = static_cast<long long>(sm_count(s.device.index)) * k.ctas_per_sm;
   const long long max_len = p.max_seq_len;
+  if (p.batch_invariant) {  // the same partitions for a sequence whatever its batch-mates
+    const int parts = v2_max_num_partitions(p.max_seq_len);
+    return parts <= 1 ? SplitPlan{1 << 30, 1} : SplitPlan{kPartitionSize, parts};
+  }
   if (max_len <= kMinPartition || base <= 0) return {1 << 30, 1};
   const long long most = std::min<long long>(kMaxSplits, (max_len + kMinPartition - 1) / kMinPartition);
   long long best_cost = -1;

@@ -368,6 +368,45 @@ TEST(CudaAttention, BitwiseDeterministicAcrossRuns) {
   EXPECT_EQ(runs[0], runs[2]);
 }
 
+// batch_invariant: a sequence's output bits do not depend on its batch-mates.
+TEST(CudaAttention, BatchInvariantModeIgnoresBatchMates) {
+  PAGEDATTN_REQUIRE_GPU();
+  PAGEDATTN_TEST_RNG(rng);
+  ProblemConfig c;
+  c.dtype = DType::kBFloat16;
+  c.kv_cache_dtype = CacheDType::kFp8E5M2;
+  c.num_heads = 32;
+  c.num_kv_heads = 8;
+  c.head_size = 128;
+  c.num_seqs = 3;
+  c.seq_lens = {3000, 9000, 700};
+  c.checked = false;
+  HostProblem h = build_problem(c, rng);
+  auto run = [&](HostProblem& hp) {
+    DeviceProblem d(hp);
+    d.params.batch_invariant = true;
+    const std::size_t bytes = paged_attention_workspace_size(d.params);
+    DevicePtr ws = bytes ? device_alloc(bytes) : nullptr;
+    paged_attention(d.params, ws.get(), bytes);
+    HostTensor o = hp.out;
+    d.out.to_host(o);
+    return o;
+  };
+  const HostTensor full = run(h);
+  // The same first sequence in a different batch: its mates emptied, max_seq_len its own.
+  HostProblem alone = h;
+  static_cast<std::int32_t*>(alone.seq_lens.view.data)[1] = 0;
+  static_cast<std::int32_t*>(alone.seq_lens.view.data)[2] = 0;
+  alone.params.max_seq_len = 3000;
+  const HostTensor solo = run(alone);
+  const std::size_t row_bytes = std::size_t(c.num_heads) * c.head_size * 2;
+  EXPECT_EQ(std::memcmp(full.storage.data(), solo.storage.data(), row_bytes), 0)
+      << "sequence 0 changed with its batch-mates in batch_invariant mode";
+  std::vector<double> got(static_cast<std::size_t>(full.view.numel()));
+  for (std::size_t i = 0; i < got.size(); ++i) got[i] = load_value(full.view.data, c.dtype, std::int64_t(i));
+  EXPECT_TRUE(close(got, ref::attention(h.params), tolerance(c.dtype), c.num_heads, c.head_size, "batch-invariant"));
+}
+
 TEST(CudaAttention, GraphReplayEqualsEager) {
   PAGEDATTN_REQUIRE_GPU();
   PAGEDATTN_TEST_RNG(rng);
