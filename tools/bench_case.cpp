@@ -34,6 +34,7 @@ std::string Case::config_key() const {
      << " h" << num_heads << "/" << num_kv_heads << " d" << head_size << " bs" << block_size << " b" << batch;
   if (dist != SeqDist::kFixed) os << " " << dist_name(dist);
   if (alibi) os << " alibi";
+  if (batch_invariant) os << " batch-invariant";
   return os.str();
 }
 

@@ -39,6 +39,7 @@ struct Case {
   int seq_len = 1024;  ///< every sequence's length (kFixed) or the maximum (kUniform)
   SeqDist dist = SeqDist::kFixed;
   bool alibi = false;
+  bool batch_invariant = false;  ///< the auto path's batch-invariant split plan (PagedAttentionParams::batch_invariant)
 
   /// The configuration without the sequence length: lines in plots, groups in tables.
   std::string config_key() const;

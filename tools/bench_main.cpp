@@ -142,6 +142,9 @@ int run(int argc, char** argv) {
                      ->check(CLI::IsMember({"fixed", "uniform"}))
                      ->capture_default_str();
   auto* o_alibi = app.add_flag("--alibi", shape.alibi, "use ALiBi slopes");
+  bool batch_invariant = false;
+  app.add_flag("--batch-invariant", batch_invariant,
+               "auto path: fixed 512-token splits, so each sequence's output ignores its batch-mates");
   app.add_option("--sweep", sweep_name, "run a named sweep (see --list-sweeps)");
   app.add_flag("--list-sweeps", list, "list the named sweeps and exit");
   app.add_option("--warmup", warmup, "warm-up calls per algo (default 5, cpu 2)");
@@ -252,6 +255,7 @@ int run(int argc, char** argv) {
   o.async_reference = !cpu;
 
   info.device = backend->info();
+  for (auto& c : cases) c.batch_invariant = batch_invariant;
   info.num_cases = static_cast<int>(cases.size());
   if (!quiet) std::fprintf(stderr, "measuring copy bandwidth...\n");
   info.copy = backend->measure_copy_bandwidth();

@@ -245,6 +245,7 @@ void write_json(const std::string& path, const RunInfo& info, const std::vector<
     x["seq_len"] = r.c.seq_len;
     x["seq_len_dist"] = dist_name(r.c.dist);
     x["alibi"] = r.c.alibi;
+    x["batch_invariant"] = r.c.batch_invariant;
     x["seq_lens"] = r.seq_lens;
     x["max_seq_len"] = r.max_seq_len;
     x["mean_seq_len"] = r.mean_seq_len;

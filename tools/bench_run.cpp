@@ -91,6 +91,7 @@ struct Problem {
     p.max_seq_len = max_seq_len;
     p.kv_cache_dtype = c.kv_cache_dtype;
     if (c.kv_cache_dtype != CacheDType::kAuto) p.k_scale = p.v_scale = kFp8Scale;
+    p.batch_invariant = c.batch_invariant;
     p.stream = stream;
     return p;
   }
