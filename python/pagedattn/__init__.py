@@ -29,20 +29,9 @@ PARTITION_SIZE = 512
 if hasattr(_C, "BlockManager"):
     from ._C import BlockManager  # noqa: F401
 
-__all__ = [
-    "PagedAttnError",
-    "PARTITION_SIZE",
-    "built_with_cuda",
-    "vllm_rule_prefers_v1",
-    "paged_attention_v1",
-    "paged_attention_v2",
-    "paged_attention",
-    "workspace_size",
-    "v2_workspace_shapes",
-    "reshape_and_cache",
-    "copy_blocks",
-    "swap_blocks",
-]
+from . import ops as _ops
+
+__all__ = ["PagedAttnError", "PARTITION_SIZE", "built_with_cuda", "vllm_rule_prefers_v1", *_ops.__all__]
 if hasattr(_C, "BlockManager"):
     __all__.append("BlockManager")
 

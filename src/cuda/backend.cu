@@ -71,7 +71,23 @@ void check_grid(const AttentionShape& s, const char* op) {
     fail(ErrorCode::kInvalidArgument, op, ": num_seqs ", s.num_seqs, " exceeds the CUDA grid limit 65535");
 }
 
-void launch_reduce(const AttentionShape& s, const ReduceKernelParams& r, cudaStream_t stream) {
+/// Merges the partials the attention kernel `k` wrote (V2 and the auto path's splits).
+/// skip_single: sequences with one split were written to `out` by the attention kernel.
+void launch_reduce(const PagedAttentionParams& p, const AttentionShape& s, const AttentionKernelParams& k,
+                   int num_launched, bool skip_single, cudaStream_t stream) {
+  ReduceKernelParams r{};
+  r.out = p.out.data;
+  r.exp_sums = k.exp_sums;
+  r.max_logits = k.max_logits;
+  r.tmp_out = k.tmp_out;
+  r.seq_lens = k.seq_lens;
+  r.tmp_out_f32 = k.tmp_out_f32;
+  r.num_heads = s.num_heads;
+  r.head_size = s.head_size;
+  r.partition_size = k.partition_size;
+  r.max_splits = k.max_splits;
+  r.num_launched = num_launched;
+  r.skip_single = skip_single ? 1 : 0;
   const dim3 grid(static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.num_seqs));
   switch (s.dtype) {
     case DType::kFloat16: reduce_kernel<__half><<<grid, kThreads, 0, stream>>>(r); break;
@@ -107,20 +123,7 @@ void attention_v2(const PagedAttentionParams& p, const AttentionShape& s, const 
   k.always_partials = 1;
   const auto stream = static_cast<cudaStream_t>(p.stream);
   kc.launch(k, attention_grid(k, s, s.max_num_partitions), stream);
-  ReduceKernelParams r{};
-  r.out = p.out.data;
-  r.exp_sums = k.exp_sums;
-  r.max_logits = k.max_logits;
-  r.tmp_out = k.tmp_out;
-  r.seq_lens = k.seq_lens;
-  r.tmp_out_f32 = 0;
-  r.num_heads = s.num_heads;
-  r.head_size = s.head_size;
-  r.partition_size = kPartitionSize;
-  r.max_splits = k.max_splits;
-  r.num_launched = s.max_num_partitions;
-  r.skip_single = 0;
-  launch_reduce(s, r, stream);
+  launch_reduce(p, s, k, s.max_num_partitions, /*skip_single=*/false, stream);
 }
 
 namespace {
@@ -167,20 +170,7 @@ void attention_auto(const PagedAttentionParams& p, const AttentionShape& s, void
   k.always_partials = 0;
   kc.launch(k, attention_grid(k, s, a.plan.num_splits), stream);
   if (a.plan.num_splits <= 1) return;
-  ReduceKernelParams r{};
-  r.out = p.out.data;
-  r.exp_sums = k.exp_sums;
-  r.max_logits = k.max_logits;
-  r.tmp_out = k.tmp_out;
-  r.seq_lens = k.seq_lens;
-  r.tmp_out_f32 = 1;
-  r.num_heads = s.num_heads;
-  r.head_size = s.head_size;
-  r.partition_size = a.plan.partition_size;
-  r.max_splits = a.plan.num_splits;
-  r.num_launched = a.plan.num_splits;
-  r.skip_single = 1;
-  launch_reduce(s, r, stream);
+  launch_reduce(p, s, k, a.plan.num_splits, /*skip_single=*/true, stream);
 }
 
 }  // namespace pagedattn::detail::cuda
