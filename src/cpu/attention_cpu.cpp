@@ -12,12 +12,21 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "core/backend.h"
 #include "core/check.h"
 #include "cpu/elem.h"
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#define PAGEDATTN_CPU_X86 1
+#include <immintrin.h>
+#else
+#define PAGEDATTN_CPU_X86 0
+#endif
 
 namespace pagedattn::detail::cpu {
 namespace {
@@ -48,169 +57,32 @@ bool block_attended(const PagedAttentionParams& p, const AttentionShape& s, int 
   return (kb + off) % b.vert_stride == 0;
 }
 
-/// Per-thread scratch and the two-pass computation over one token range of one
-/// (sequence, kv head). T is the query dtype, C the cache format, BS the block size (a
-/// compile-time trip count lets the per-block loops vectorise fully).
-template <class T, class C, int BS>
-class GroupWorker {
- public:
-  explicit GroupWorker(const Call& c)
-      : c_(c),
-        s_(*c.s),
-        G_(s_.group_size()),
-        D_(s_.head_size),
-        q_(std::size_t(G_) * D_),
-        acc_(std::size_t(G_) * D_),
-        tile_(std::size_t(D_) * BS, 0.0f),
-        m_(G_),
-        l_(G_) {}
+#define PAGEDATTN_CPU_ISA_NS generic
+#define PAGEDATTN_CPU_F16C 0
+#include "cpu/attention_kernel.inc"
+#undef PAGEDATTN_CPU_ISA_NS
+#undef PAGEDATTN_CPU_F16C
 
-  /// Attention of the query heads of kv head `g` of sequence `seq` over tokens
-  /// [t_begin, t_end) (t_begin a multiple of block_size). Leaves, per group head j:
-  /// max_logit(j), exp_sum(j) and the unnormalised output row acc(j). exp_sum is 0 (and
-  /// max_logit -inf) when no token of the range is attended.
-  void run(int seq, int g, int len, int t_begin, int t_end) {
-    const PagedAttentionParams& p = *c_.p;
-    const int n = t_end - t_begin;
-    const int b_begin = t_begin / BS;
-    const int b_end = (t_end + BS - 1) / BS;
-    const int row = (b_end - b_begin) * BS;  // logits row stride: whole blocks
-    logits_.resize(std::size_t(G_) * row);
-    mask_.resize(std::size_t(b_end - b_begin) * G_);
-    load_query(seq, g);
+#if PAGEDATTN_CPU_X86
+#pragma GCC push_options
+#pragma GCC target("avx2,f16c")
+#define PAGEDATTN_CPU_ISA_NS avx2
+#define PAGEDATTN_CPU_F16C 1
+#include "cpu/attention_kernel.inc"
+#undef PAGEDATTN_CPU_ISA_NS
+#undef PAGEDATTN_CPU_F16C
+#pragma GCC pop_options
+#endif
 
-    // Pass 1: logits.
-    const std::int32_t* table = c_.block_tables + seq * s_.bt_stride;
-    for (int b = b_begin; b < b_end; ++b) {
-      const int t0 = b * BS;
-      const int nt = std::min(BS, t_end - t0);
-      std::uint8_t* mask = &mask_[std::size_t(b - b_begin) * G_];
-      bool any = false;
-      for (int j = 0; j < G_; ++j) {
-        mask[j] = block_attended(p, s_, len, g * G_ + j, g, t0);
-        any = any || mask[j];
-      }
-      if (any) decode_key_block(table[b], g);
-      for (int j = 0; j < G_; ++j) {
-        float* lg = &logits_[std::size_t(j) * row + (t0 - t_begin)];
-        if (!mask[j]) {
-          std::fill(lg, lg + nt, kNegInf);
-          continue;
-        }
-        block_logits(&q_[std::size_t(j) * D_], lg, nt);
-        if (c_.alibi != nullptr) {
-          const float slope = c_.alibi[g * G_ + j];
-          for (int o = 0; o < nt; ++o) lg[o] += slope * float(t0 + o - len + 1);
-        }
-      }
-    }
-
-    // Softmax numerators in place.
-    for (int j = 0; j < G_; ++j) {
-      float* lg = &logits_[std::size_t(j) * row];
-      float m = kNegInf;
-      for (int t = 0; t < n; ++t) m = std::max(m, lg[t]);
-      float l = 0.0f;
-      if (m != kNegInf) {
-        for (int t = 0; t < n; ++t) {
-          lg[t] = std::exp(lg[t] - m);
-          l += lg[t];
-        }
-      }
-      std::fill(lg + n, lg + row, 0.0f);  // the tail of the last block weighs nothing
-      m_[j] = m;
-      l_[j] = l;
-    }
-
-    // Pass 2: weighted sum of values.
-    std::fill(acc_.begin(), acc_.end(), 0.0f);
-    for (int b = b_begin; b < b_end; ++b) {
-      const int t0 = b * BS;
-      const int nt = std::min(BS, t_end - t0);
-      const std::uint8_t* mask = &mask_[std::size_t(b - b_begin) * G_];
-      bool any = false;
-      for (int j = 0; j < G_; ++j) any = any || (mask[j] && l_[j] > 0.0f);
-      if (!any) continue;
-      decode_value_block(table[b], g, nt);
-      for (int j = 0; j < G_; ++j) {
-        if (!mask[j] || l_[j] == 0.0f) continue;
-        const float* pr = &logits_[std::size_t(j) * row + (t0 - t_begin)];
-        float* acc = &acc_[std::size_t(j) * D_];
-        for (int d = 0; d < D_; ++d) {
-          const float* v = &tile_[std::size_t(d) * BS];
-          float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-          for (int o = 0; o < BS; ++o) sum += pr[o] * v[o];
-          acc[d] += sum;
-        }
-      }
-    }
-  }
-
-  float max_logit(int j) const { return m_[j]; }
-  float exp_sum(int j) const { return l_[j]; }
-  const float* acc(int j) const { return &acc_[std::size_t(j) * D_]; }
-
- private:
-  /// q_ = scale * query rows of the group, in float.
-  void load_query(int seq, int g) {
-    const auto* q = static_cast<const typename T::Storage*>(c_.p->query.data) + seq * s_.q_stride +
-                    std::int64_t(g) * G_ * D_;
-    const float scale = c_.p->scale;
-    for (int i = 0; i < G_ * D_; ++i) q_[i] = T::load(q[i]) * scale;
-  }
-
-  /// tile_[d][o] = key d of token o of physical block `phys`, kv head `g` (all block_size
-  /// slots: logits of slots past the sequence's end are computed and dropped).
-  /// The cache holds [head_size/x][block_size][x]; this transposes it to [head_size][block_size].
-  void decode_key_block(std::int64_t phys, int g) {
-    const auto* src = static_cast<const typename C::Storage*>(c_.p->key_cache.data) + phys * s_.kv_block_stride +
-                      std::int64_t(g) * s_.k_head_stride;
-    const int x = s_.x;
-    // ceil(head_size / x) chunks: with fp8 (x = 16) head_size 120 ends in a half-used chunk.
-    for (int cidx = 0; cidx * x < D_; ++cidx) {
-      const typename C::Storage* chunk = src + std::size_t(cidx) * BS * x;
-      float* dst = &tile_[std::size_t(cidx) * x * BS];
-      const int w = std::min(x, D_ - cidx * x);
-      for (int i = 0; i < w; ++i)
-        for (int o = 0; o < BS; ++o) dst[std::size_t(i) * BS + o] = decode_one<C>(chunk[o * x + i], c_.k_table);
-    }
-  }
-
-  /// tile_[d][o] = value d of token o (the cache already holds [head_size][block_size]).
-  /// Slots o >= nt, past the sequence's end, are zeroed: they may hold anything (NaN), and
-  /// their zero weight would not cancel a NaN.
-  void decode_value_block(std::int64_t phys, int g, int nt) {
-    const auto* src = static_cast<const typename C::Storage*>(c_.p->value_cache.data) + phys * s_.v_block_stride +
-                      std::int64_t(g) * s_.v_head_stride;
-    if (nt == BS) {
-      decode_run<C>(src, tile_.data(), D_ * BS, c_.v_table);  // the head's block is one run
-      return;
-    }
-    for (int d = 0; d < D_; ++d) {
-      decode_run<C>(src + std::size_t(d) * BS, &tile_[std::size_t(d) * BS], nt, c_.v_table);
-      std::fill(&tile_[std::size_t(d) * BS + nt], &tile_[std::size_t(d) * BS + BS], 0.0f);
-    }
-  }
-
-  /// lg[o] = dot(q, key o) for the key tile in tile_.
-  void block_logits(const float* q, float* lg, int nt) {
-    float part[BS] = {};
-    for (int d = 0; d < D_; ++d) {
-      const float qd = q[d];
-      const float* k = &tile_[std::size_t(d) * BS];
-#pragma omp simd
-      for (int o = 0; o < BS; ++o) part[o] += qd * k[o];
-    }
-    for (int o = 0; o < nt; ++o) lg[o] = part[o];
-  }
-
-  const Call& c_;
-  const AttentionShape& s_;
-  const int G_, D_;
-  std::vector<float> q_, acc_, tile_, m_, l_, logits_;
-  std::vector<std::uint8_t> mask_;
-};
+/// Whether this CPU (and OS) runs the avx2 copy of the kernel.
+bool use_avx2() {
+#if PAGEDATTN_CPU_X86
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  return ok;
+#else
+  return false;
+#endif
+}
 
 Call make_call(const PagedAttentionParams& p, const AttentionShape& s) {
   Call c;
@@ -226,7 +98,7 @@ Call make_call(const PagedAttentionParams& p, const AttentionShape& s) {
   return c;
 }
 
-template <class T, class C, int BS>
+template <class T, class C, int BS, class Worker>
 void v1_impl(const Call& c) {
   const AttentionShape& s = *c.s;
   const int G = s.group_size();
@@ -235,7 +107,7 @@ void v1_impl(const Call& c) {
   const std::int64_t items = std::int64_t(s.num_seqs) * s.num_kv_heads;
 #pragma omp parallel
   {
-    GroupWorker<T, C, BS> w(c);
+    Worker w(c);
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t it = 0; it < items; ++it) {
       const int seq = static_cast<int>(it / s.num_kv_heads);
@@ -257,7 +129,7 @@ void v1_impl(const Call& c) {
   }
 }
 
-template <class T, class C, int BS>
+template <class T, class C, int BS, class Worker>
 void v2_impl(const Call& c, const V2Workspace& ws) {
   const AttentionShape& s = *c.s;
   const int G = s.group_size();
@@ -273,7 +145,7 @@ void v2_impl(const Call& c, const V2Workspace& ws) {
   const std::int64_t items = std::int64_t(s.num_seqs) * s.num_kv_heads * parts;
 #pragma omp parallel
   {
-    GroupWorker<T, C, BS> w(c);
+    Worker w(c);
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t it = 0; it < items; ++it) {
       const int part = static_cast<int>(it % parts);
@@ -369,14 +241,24 @@ void with_block_size(int block_size, F&& f) {
 struct RunV1 {
   const Call& c;
   template <class T, class C, int BS>
-  void operator()() const { v1_impl<T, C, BS>(c); }
+  void operator()() const {
+#if PAGEDATTN_CPU_X86
+    if (use_avx2()) return v1_impl<T, C, BS, avx2::GroupWorker<T, C, BS>>(c);
+#endif
+    v1_impl<T, C, BS, generic::GroupWorker<T, C, BS>>(c);
+  }
 };
 
 struct RunV2 {
   const Call& c;
   const V2Workspace& ws;
   template <class T, class C, int BS>
-  void operator()() const { v2_impl<T, C, BS>(c, ws); }
+  void operator()() const {
+#if PAGEDATTN_CPU_X86
+    if (use_avx2()) return v2_impl<T, C, BS, avx2::GroupWorker<T, C, BS>>(c, ws);
+#endif
+    v2_impl<T, C, BS, generic::GroupWorker<T, C, BS>>(c, ws);
+  }
 };
 
 /// Adapts a (T, C, BS) functor to dispatch()'s (T, C) call.
