@@ -67,8 +67,12 @@ struct Problem {
 
   std::size_t dtype_bytes() const { return dtype_size(c.dtype); }
   std::size_t cache_bytes() const { return dtype_size(cache_dtype); }
-  std::size_t block_elems() const { return std::size_t(c.num_kv_heads) * c.head_size * c.block_size; }
-  std::size_t block_bytes() const { return block_elems() * cache_bytes(); }  // one block of K (or V)
+  /// 16-byte key chunks per token: ceil(head_size / x) (fp8 with head 120: 8 chunks, 8 padding elements).
+  int key_chunks() const { return (c.head_size + x - 1) / x; }
+  std::size_t block_elems() const { return std::size_t(c.num_kv_heads) * c.head_size * c.block_size; }  // V
+  std::size_t key_block_elems() const { return std::size_t(c.num_kv_heads) * key_chunks() * x * c.block_size; }
+  std::size_t block_bytes() const { return block_elems() * cache_bytes(); }  // one block of V
+  std::size_t key_block_bytes() const { return key_block_elems() * cache_bytes(); }  // one block of K
   std::size_t row_bytes() const { return std::size_t(c.num_heads) * c.head_size * dtype_bytes(); }
   int parts() const { return v2_max_num_partitions(max_seq_len); }
 
@@ -78,7 +82,7 @@ struct Problem {
     p.out = TensorView::contiguous(out.get(), c.dtype, {B, H, D}, device);
     p.query = TensorView::contiguous(query.get(), c.dtype, {B, H, D}, device);
     p.key_cache = TensorView::contiguous(key_cache.get(), cache_dtype,
-                                         {pool_blocks, c.num_kv_heads, D / x, c.block_size, x}, device);
+                                         {pool_blocks, c.num_kv_heads, key_chunks(), c.block_size, x}, device);
     p.value_cache =
         TensorView::contiguous(value_cache.get(), cache_dtype, {pool_blocks, c.num_kv_heads, D, c.block_size}, device);
     auto* bt = static_cast<std::int32_t*>(block_tables.get()) + std::size_t(buffer) * B * max_blocks;
@@ -155,7 +159,7 @@ void build_problem(Backend& b, const RunOptions& o, Problem& pr, Result& proto) 
   // the same byte, as many as fit.
   const std::int64_t want = std::min<std::int64_t>(o.rotate_bytes / std::max<std::int64_t>(proto.kv_bytes, 1) + 1,
                                                    std::max(1, o.max_buffers));
-  const std::int64_t per_buffer = pr.blocks_per_buffer * std::int64_t(pr.block_bytes()) * 2;
+  const std::int64_t per_buffer = pr.blocks_per_buffer * std::int64_t(pr.block_bytes() + pr.key_block_bytes());
   const std::int64_t v2_bytes = std::int64_t(c.batch) * c.num_heads * pr.parts() * (8 + c.head_size * std::int64_t(pr.dtype_bytes()));
   const std::int64_t fixed = proto.qo_bytes + 2 * v2_bytes + (std::int64_t(256) << 20);
   const std::int64_t avail = static_cast<std::int64_t>(0.9 * double(b.free_bytes())) - fixed;
@@ -185,15 +189,16 @@ void build_problem(Backend& b, const RunOptions& o, Problem& pr, Result& proto) 
   }
 
   const std::size_t pool_elems = std::size_t(pr.pool_blocks) * pr.block_elems();
+  const std::size_t key_pool_elems = std::size_t(pr.pool_blocks) * pr.key_block_elems();
   const std::size_t qo_elems = std::size_t(c.batch) * c.num_heads * c.head_size;
   pr.query = Buffer(&b, qo_elems * pr.dtype_bytes());
   pr.out = Buffer(&b, qo_elems * pr.dtype_bytes());
-  pr.key_cache = Buffer(&b, pool_elems * pr.cache_bytes());
+  pr.key_cache = Buffer(&b, key_pool_elems * pr.cache_bytes());
   pr.value_cache = Buffer(&b, pool_elems * pr.cache_bytes());
   pr.block_tables = Buffer(&b, pr.tables.size() * sizeof(std::int32_t));
   pr.seq_lens_dev = Buffer(&b, pr.seq_lens.size() * sizeof(std::int32_t));
   b.fill_random(pr.query.get(), qo_elems, fill_kind_of(c.dtype, c.kv_cache_dtype, false), hash64(seed, 1));
-  b.fill_random(pr.key_cache.get(), pool_elems, fill_kind_of(c.dtype, c.kv_cache_dtype, true), hash64(seed, 2));
+  b.fill_random(pr.key_cache.get(), key_pool_elems, fill_kind_of(c.dtype, c.kv_cache_dtype, true), hash64(seed, 2));
   b.fill_random(pr.value_cache.get(), pool_elems, fill_kind_of(c.dtype, c.kv_cache_dtype, true), hash64(seed, 3));
   b.fill_random(pr.out.get(), qo_elems, fill_kind_of(c.dtype, c.kv_cache_dtype, false), hash64(seed, 4));
   b.upload(pr.block_tables.get(), pr.tables.data(), pr.tables.size() * sizeof(std::int32_t));
@@ -283,7 +288,7 @@ void build_host_check(Backend& b, const Problem& pr, const std::vector<int>& seq
     max_blocks = std::max(max_blocks, nb);
   }
   blocks = std::max<std::int64_t>(blocks, 1);
-  hc.key_cache.resize(std::size_t(blocks) * pr.block_bytes());
+  hc.key_cache.resize(std::size_t(blocks) * pr.key_block_bytes());
   hc.value_cache.resize(std::size_t(blocks) * pr.block_bytes());
   hc.tables.assign(std::size_t(S) * max_blocks, 0);
   hc.lens.resize(S);
@@ -298,10 +303,10 @@ void build_host_check(Backend& b, const Problem& pr, const std::vector<int>& seq
     const int nb = (pr.seq_lens[s] + c.block_size - 1) / c.block_size;
     const std::int32_t* row = &pr.tables[std::size_t(s) * pr.max_blocks];  // buffer 0
     for (int k = 0; k < nb; ++k) {
-      const std::size_t src = std::size_t(row[k]) * pr.block_bytes();
-      const std::size_t dst = std::size_t(next) * pr.block_bytes();
-      b.download(hc.key_cache.data() + dst, k_dev + src, pr.block_bytes());
-      b.download(hc.value_cache.data() + dst, v_dev + src, pr.block_bytes());
+      b.download(hc.key_cache.data() + std::size_t(next) * pr.key_block_bytes(),
+                 k_dev + std::size_t(row[k]) * pr.key_block_bytes(), pr.key_block_bytes());
+      b.download(hc.value_cache.data() + std::size_t(next) * pr.block_bytes(),
+                 v_dev + std::size_t(row[k]) * pr.block_bytes(), pr.block_bytes());
       hc.tables[j * max_blocks + k] = next++;
     }
   }
@@ -312,7 +317,7 @@ void build_host_check(Backend& b, const Problem& pr, const std::vector<int>& seq
   p.query = TensorView::contiguous(hc.query.data(), c.dtype, {S, H, D}, host);
   hc.out.assign(hc.query.size(), 0);  // unused by the reference, which returns its result; kept valid
   p.out = TensorView::contiguous(hc.out.data(), c.dtype, {S, H, D}, host);
-  p.key_cache = TensorView::contiguous(hc.key_cache.data(), pr.cache_dtype, {blocks, c.num_kv_heads, D / pr.x, c.block_size, pr.x}, host);
+  p.key_cache = TensorView::contiguous(hc.key_cache.data(), pr.cache_dtype, {blocks, c.num_kv_heads, pr.key_chunks(), c.block_size, pr.x}, host);
   p.value_cache = TensorView::contiguous(hc.value_cache.data(), pr.cache_dtype, {blocks, c.num_kv_heads, D, c.block_size}, host);
   p.block_tables = TensorView::contiguous(hc.tables.data(), DType::kInt32, {S, max_blocks}, host);
   p.seq_lens = TensorView::contiguous(hc.lens.data(), DType::kInt32, {S}, host);

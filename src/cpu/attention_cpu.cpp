@@ -4,14 +4,20 @@
 // Work is split over (sequence, kv head) — and, for V2, partition — with OpenMP. One work
 // item handles every query head of its GQA group, so each cached key/value element is
 // decoded exactly once per call. A work item runs two passes over its token range:
-//   1. decode each key block into a [head_size][block_size] float tile and compute the
-//      logits of all group heads for that block (inner loop over the block's tokens);
+//   1. decode each key block (one contiguous run, in the cache's [head_size/x][block_size][x]
+//      layout) into a float tile and compute the logits of the group heads, in tiles of up
+//      to 4 heads, as 8-lane dot products;
 //   2. softmax (max, exp, sum) per head, then decode each value block into a float tile
-//      and accumulate p . v per head.
+//      and accumulate p . v per head as 8-lane partial sums.
+// The kernel (attention_kernel.inc) is compiled twice: for AVX2 + F16C, chosen at run time
+// when the CPU has them, and for baseline x86-64; both give bitwise the same results.
+// Cache blocks are software-prefetched two blocks ahead (the block table defeats the
+// hardware prefetcher).
 // All arithmetic is float32; the result is rounded to the query dtype once at the end.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -21,7 +27,9 @@
 #include "core/check.h"
 #include "cpu/elem.h"
 
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+// The AVX2 copy of the kernel is compiled with GCC's `#pragma GCC target`; other compilers
+// (clang included) build the generic copy only.
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(__clang__)
 #define PAGEDATTN_CPU_X86 1
 #include <immintrin.h>
 #else
@@ -57,6 +65,10 @@ bool block_attended(const PagedAttentionParams& p, const AttentionShape& s, int 
   return (kb + off) % b.vert_stride == 0;
 }
 
+// The kernel passes 8-lane vectors between inline functions; without AVX that would be an
+// ABI change (-Wpsabi) if they were ever called across translation units, which they are not.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
 #define PAGEDATTN_CPU_ISA_NS generic
 #define PAGEDATTN_CPU_F16C 0
 #include "cpu/attention_kernel.inc"
@@ -73,12 +85,16 @@ bool block_attended(const PagedAttentionParams& p, const AttentionShape& s, int 
 #undef PAGEDATTN_CPU_F16C
 #pragma GCC pop_options
 #endif
+#pragma GCC diagnostic pop
 
-/// Whether this CPU (and OS) runs the avx2 copy of the kernel.
-bool use_avx2() {
+/// Whether to run the avx2 copy of the kernel: the CPU (and OS) supports AVX2 and F16C, and
+/// the environment variable PAGEDATTN_CPU_KERNEL is not "generic" (a testing knob: the
+/// generic copy must give bitwise the same results, tests/cpu checks it).
+[[maybe_unused]] bool use_avx2() {
 #if PAGEDATTN_CPU_X86
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-  return ok;
+  const char* force = std::getenv("PAGEDATTN_CPU_KERNEL");
+  return ok && !(force != nullptr && std::strcmp(force, "generic") == 0);
 #else
   return false;
 #endif

@@ -49,34 +49,16 @@ struct Fp8 {
 };
 
 /// A decode table for an fp8 cache: entry b = fp8_to_float(b) * scale.
+/// Also keeps the format and scale, for decoders that compute instead of looking up
+/// (they must reproduce the table bit for bit).
 struct Fp8Table {
   std::array<float, 256> v{};
+  bool e5m2 = false;
+  float scale = 1.0f;
   Fp8Table() = default;
-  Fp8Table(CacheDType kind, float scale) {
+  Fp8Table(CacheDType kind, float s) : e5m2(kind == CacheDType::kFp8E5M2), scale(s) {
     for (int b = 0; b < 256; ++b) v[b] = fp8_to_float(static_cast<std::uint8_t>(b), kind) * scale;
   }
 };
-
-/// Decodes `n` contiguous cache elements into floats. `table` is used by Fp8 only.
-template <class C>
-inline void decode_run(const typename C::Storage* src, float* dst, int n, const Fp8Table& table) {
-  if constexpr (std::is_same_v<C, Fp8>) {
-    for (int i = 0; i < n; ++i) dst[i] = table.v[src[i]];
-  } else {
-    (void)table;
-    for (int i = 0; i < n; ++i) dst[i] = C::load(src[i]);
-  }
-}
-
-/// Decodes one cache element.
-template <class C>
-inline float decode_one(typename C::Storage v, const Fp8Table& table) {
-  if constexpr (std::is_same_v<C, Fp8>) {
-    return table.v[v];
-  } else {
-    (void)table;
-    return C::load(v);
-  }
-}
 
 }  // namespace pagedattn::detail::cpu
