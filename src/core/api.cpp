@@ -7,14 +7,6 @@ namespace {
 
 using detail::AttentionShape;
 
-#ifndef PAGEDATTN_WITH_CUDA
-[[noreturn]] void no_cuda(const char* op) {
-  detail::fail(ErrorCode::kBackendError, op,
-               ": tensors are on a CUDA device but this build of pagedattn has no CUDA backend "
-               "(configure with PAGEDATTN_ENABLE_CUDA=ON)");
-}
-#endif
-
 bool on_cuda(const AttentionShape& s) { return s.device.type == DeviceType::kCUDA; }
 
 void check_data(const PagedAttentionParams& p, const AttentionShape& s) {
@@ -35,7 +27,7 @@ void paged_attention_v1(const PagedAttentionParams& p) {
     check_data(p, s);
     return detail::cuda::attention_v1(p, s);
 #else
-    no_cuda("paged_attention_v1");
+    detail::fail_no_cuda("paged_attention_v1");
 #endif
   }
   check_data(p, s);
@@ -51,7 +43,7 @@ void paged_attention_v2(const PagedAttentionParams& p, const V2Workspace& ws) {
     check_data(p, s);
     return detail::cuda::attention_v2(p, s, ws);
 #else
-    no_cuda("paged_attention_v2");
+    detail::fail_no_cuda("paged_attention_v2");
 #endif
   }
   check_data(p, s);
@@ -64,7 +56,7 @@ std::size_t paged_attention_workspace_size(const PagedAttentionParams& p) {
 #ifdef PAGEDATTN_WITH_CUDA
     return detail::cuda::auto_workspace_size(p, s);
 #else
-    no_cuda("paged_attention_workspace_size");
+    detail::fail_no_cuda("paged_attention_workspace_size");
 #endif
   }
   return 0;  // the CPU backend's auto path is V1, which needs no workspace
@@ -84,7 +76,7 @@ void paged_attention(const PagedAttentionParams& p, void* workspace, std::size_t
     check_data(p, s);
     return detail::cuda::attention_auto(p, s, workspace, workspace_bytes);
 #else
-    no_cuda("paged_attention");
+    detail::fail_no_cuda("paged_attention");
 #endif
   }
   (void)workspace;

@@ -10,6 +10,9 @@
 
 namespace pagedattn::detail {
 
+/// The error for CUDA tensors reaching a build without the CUDA backend.
+[[noreturn]] void fail_no_cuda(const char* op);
+
 namespace cpu {
 void attention_v1(const PagedAttentionParams& p, const AttentionShape& s);
 void attention_v2(const PagedAttentionParams& p, const AttentionShape& s, const V2Workspace& ws);

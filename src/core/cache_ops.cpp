@@ -8,17 +8,6 @@
 #include "core/validate_cache.h"
 
 namespace pagedattn {
-namespace {
-
-#ifndef PAGEDATTN_WITH_CUDA
-[[noreturn]] void no_cuda(const char* op) {
-  detail::fail(ErrorCode::kBackendError, op,
-               ": tensors are on a CUDA device but this build of pagedattn has no CUDA backend "
-               "(configure with PAGEDATTN_ENABLE_CUDA=ON)");
-}
-#endif
-
-}  // namespace
 
 void reshape_and_cache(const ReshapeAndCacheParams& p) {
   const detail::CacheShape s = detail::validate_reshape_and_cache(p);
@@ -27,7 +16,7 @@ void reshape_and_cache(const ReshapeAndCacheParams& p) {
     if (s.num_tokens == 0) return;
     return detail::cuda::reshape_and_cache(p, s);
 #else
-    no_cuda("reshape_and_cache");
+    detail::fail_no_cuda("reshape_and_cache");
 #endif
   }
   detail::check_slot_mapping_host(p, s);
@@ -43,7 +32,7 @@ void copy_blocks(const CopyBlocksParams& p) {
     if (s.num_pairs == 0) return;
     return detail::cuda::copy_blocks(p);
 #else
-    no_cuda("copy_blocks");
+    detail::fail_no_cuda("copy_blocks");
 #endif
   }
   detail::check_block_pairs_host(p.block_mapping, s.num_blocks, s.num_blocks, "copy_blocks");
@@ -59,7 +48,7 @@ void swap_blocks(const SwapBlocksParams& p) {
 #ifdef PAGEDATTN_WITH_CUDA
     return detail::cuda::swap_blocks(p, s.bytes_per_block);
 #else
-    no_cuda("swap_blocks");
+    detail::fail_no_cuda("swap_blocks");
 #endif
   }
   const auto* pairs = static_cast<const std::int64_t*>(p.block_mapping.data);

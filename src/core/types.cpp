@@ -1,4 +1,5 @@
 
+#include "core/backend.h"
 #include "core/check.h"
 #include "pagedattn/attention.h"
 #include "pagedattn/version.h"
@@ -116,6 +117,12 @@ bool built_with_cuda() {
 }
 
 namespace detail {
+void fail_no_cuda(const char* op) {
+  fail(ErrorCode::kBackendError, op,
+       ": tensors are on a CUDA device but this build of pagedattn has no CUDA backend "
+       "(configure with PAGEDATTN_ENABLE_CUDA=ON)");
+}
+
 std::string shape_str(const TensorView& t) {
   std::string s = "[";
   for (int i = 0; i < t.ndim; ++i) s += (i ? ", " : "") + std::to_string(t.shape[i]);
