@@ -66,14 +66,7 @@ void paged_attention(const PagedAttentionParams& p, void* workspace, std::size_t
   const AttentionShape s = detail::validate_attention(p, "paged_attention");
   if (on_cuda(s)) {
 #ifdef PAGEDATTN_WITH_CUDA
-    const std::size_t need = detail::cuda::auto_workspace_size(p, s);
-    if (workspace_bytes < need || (need > 0 && workspace == nullptr))
-      detail::fail(ErrorCode::kInvalidArgument, "paged_attention: workspace_bytes is ", workspace_bytes,
-                   " but this shape needs paged_attention_workspace_size() = ", need, " bytes");
-    if (reinterpret_cast<std::uintptr_t>(workspace) % 256 != 0)
-      detail::fail(ErrorCode::kInvalidArgument, "paged_attention: workspace pointer must be 256-byte aligned");
-    if (s.num_seqs == 0) return;
-    check_data(p, s);
+    // plans once: checks the workspace against the plan, runs checked mode, launches
     return detail::cuda::attention_auto(p, s, workspace, workspace_bytes);
 #else
     detail::fail_no_cuda("paged_attention");

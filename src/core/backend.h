@@ -26,6 +26,8 @@ namespace cuda {
 void attention_v1(const PagedAttentionParams& p, const AttentionShape& s);
 void attention_v2(const PagedAttentionParams& p, const AttentionShape& s, const V2Workspace& ws);
 std::size_t auto_workspace_size(const PagedAttentionParams& p, const AttentionShape& s);
+/// The auto path, planned once per call: checks `ws`/`ws_bytes` against the plan (size and
+/// 256-byte alignment), runs checked mode when asked, then launches.
 void attention_auto(const PagedAttentionParams& p, const AttentionShape& s, void* ws, std::size_t ws_bytes);
 /// Checked mode on the GPU: a small kernel scans seq_lens and block tables; the first bad
 /// entry becomes a kDataError naming the sequence and entry.

@@ -152,10 +152,16 @@ std::size_t auto_workspace_size(const PagedAttentionParams& p, const AttentionSh
 
 void attention_auto(const PagedAttentionParams& p, const AttentionShape& s, void* ws, std::size_t ws_bytes) {
   DeviceGuard guard(s.device.index);
-  (void)ws_bytes;  // checked against auto_workspace_size by the API
-  check_grid(s, "paged_attention");
   const KernelChoice kc = choose_kernel(p, s);
   const AutoLayout a = auto_layout(p, s, kc);
+  if (ws_bytes < a.total || (a.total > 0 && ws == nullptr))
+    fail(ErrorCode::kInvalidArgument, "paged_attention: workspace_bytes is ", ws_bytes,
+         " but this shape needs paged_attention_workspace_size() = ", a.total, " bytes");
+  if (reinterpret_cast<std::uintptr_t>(ws) % 256 != 0)
+    fail(ErrorCode::kInvalidArgument, "paged_attention: workspace pointer must be 256-byte aligned");
+  if (s.num_seqs == 0) return;
+  if (p.checked) check_attention_data(p, s);
+  check_grid(s, "paged_attention");
   AttentionKernelParams k = make_params(p, s, kc, "paged_attention");
   k.partition_size = a.plan.partition_size;
   k.max_splits = a.plan.num_splits;

@@ -338,6 +338,36 @@ TEST(CudaAttention, MisalignedCacheIsRejected) {
   }
 }
 
+TEST(CudaAttention, AutoRejectsShortOrMisalignedWorkspace) {
+  PAGEDATTN_REQUIRE_GPU();
+  PAGEDATTN_TEST_RNG(rng);
+  ProblemConfig c;
+  c.dtype = DType::kFloat16;
+  c.num_heads = 8;
+  c.num_kv_heads = 8;
+  c.num_seqs = 1;
+  c.seq_lens = {8000};  // one long sequence: the planner splits, so a workspace is needed
+  HostProblem h = build_problem(c, rng);
+  DeviceProblem d(h);
+  const std::size_t bytes = paged_attention_workspace_size(d.params);
+  ASSERT_GT(bytes, 0u);
+  DevicePtr ws = device_alloc(bytes + 256);
+  auto expect_rejected = [&](void* ptr, std::size_t n, const std::string& needle) {
+    try {
+      paged_attention(d.params, ptr, n);
+      ADD_FAILURE() << "accepted workspace " << ptr << " of " << n << " bytes";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_rejected(ws.get(), bytes - 1, "workspace_bytes is " + std::to_string(bytes - 1));
+  expect_rejected(nullptr, bytes, "workspace_bytes is");
+  expect_rejected(static_cast<char*>(ws.get()) + 16, bytes, "256-byte aligned");
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  for (double v : d.out_values(h)) ASSERT_TRUE(std::isnan(v)) << "out was written despite the error";
+}
+
 // ---------------------------------------------------------------------------------------
 // Determinism and CUDA graphs.
 // ---------------------------------------------------------------------------------------
