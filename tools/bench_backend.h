@@ -4,6 +4,9 @@
 // written once (bench_run.cpp).
 #pragma once
 
+#include <algorithm>
+#include <utility>
+
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -33,6 +36,20 @@ struct CopyBandwidth {
   std::int64_t bytes_copied = 0;   ///< size of one copy (each counts twice: read + write)
   int repetitions = 0;
   std::string method;              ///< how it was measured, in words
+
+  /// From per-copy times in microseconds: median and best GB/s, read + write counted.
+  static CopyBandwidth from_copy_times(std::vector<double> us, std::int64_t bytes, std::string method) {
+    CopyBandwidth c;
+    std::vector<double> gbps;
+    for (double t : us) gbps.push_back(2.0 * static_cast<double>(bytes) / (t * 1e3));
+    std::sort(gbps.begin(), gbps.end());
+    c.gbps = gbps[gbps.size() / 2];
+    c.best_gbps = gbps.back();
+    c.bytes_copied = bytes;
+    c.repetitions = static_cast<int>(gbps.size());
+    c.method = std::move(method);
+    return c;
+  }
 };
 
 /// Timing samples of one (case, algo, mode), microseconds per call.

@@ -81,21 +81,14 @@ class CpuBackend final : public Backend {
     Buffer src(this, kBytes), dst(this, kBytes);
     std::memset(src.get(), 1, kBytes);
     std::memset(dst.get(), 2, kBytes);  // touch every page before timing
-    std::vector<double> gbps;
+    std::vector<double> us;
     for (int r = 0; r < kReps; ++r) {
       const auto t0 = Clock::now();
       std::memcpy(dst.get(), src.get(), kBytes);
-      const double us = micros_since(t0);
-      gbps.push_back(2.0 * kBytes / (us * 1e3));
+      us.push_back(micros_since(t0));
     }
-    std::sort(gbps.begin(), gbps.end());
-    CopyBandwidth c;
-    c.gbps = gbps[gbps.size() / 2];
-    c.best_gbps = gbps.back();
-    c.bytes_copied = static_cast<std::int64_t>(kBytes);
-    c.repetitions = kReps;
-    c.method = "memcpy of 256 MiB on one thread, read + write counted, median of 5";
-    return c;
+    return CopyBandwidth::from_copy_times(std::move(us), static_cast<std::int64_t>(kBytes),
+                                          "memcpy of 256 MiB on one thread, read + write counted, median of 5");
   }
 
   Samples time_eager(const std::function<void(int)>& call, int warmup, int iters) override {

@@ -144,16 +144,9 @@ class CudaBackend final : public Backend {
       PA_BENCH_CUDA(cudaEventRecord(ev[2 * r + 1], stream_));
     }
     Samples s = elapsed_samples(ev, kReps, stream_, 1.0);
-    std::vector<double> gbps;
-    for (double us : s.us) gbps.push_back(2.0 * kBytes / (us * 1e3));
-    std::sort(gbps.begin(), gbps.end());
-    CopyBandwidth c;
-    c.gbps = gbps[gbps.size() / 2];
-    c.best_gbps = gbps.back();
-    c.bytes_copied = static_cast<std::int64_t>(kBytes);
-    c.repetitions = kReps;
-    c.method = "cudaMemcpyAsync device-to-device of 2 GiB, read + write counted, median of 10 after 1 warm-up";
-    return c;
+    return CopyBandwidth::from_copy_times(
+        std::move(s.us), static_cast<std::int64_t>(kBytes),
+        "cudaMemcpyAsync device-to-device of 2 GiB, read + write counted, median of 10 after 1 warm-up");
   }
 
   Samples time_eager(const std::function<void(int)>& call, int warmup, int iters) override {
