@@ -5,6 +5,8 @@
 #
 #   scripts/gpu_ab.sh OUT_DIR "CMAKE_ARGS_A" "CMAKE_ARGS_B" BENCH_ARGS...
 #   e.g. scripts/gpu_ab.sh $OUT "" "-DPAGEDATTN_MAX_HEADS_PER_CTA=4" --heads 64/8 --batch 8 --seq-len 4k,16k --algo auto
+#   BENCH_ARGS may also be "@FILE": one set of benchmark arguments per line of FILE
+#   (blank lines and lines starting with # are skipped), each run on A then B.
 set -uo pipefail
 out=$1; a=$2; b=$3; shift 3
 mkdir -p "$out"
@@ -17,7 +19,22 @@ for v in A B; do
   cmake -S "$root" -B $dir -G Ninja -DCMAKE_BUILD_TYPE=Release -DPAGEDATTN_BUILD_TESTS=OFF $prefix $trim $args > "$out/configure_$v.log" 2>&1 \
     && cmake --build $dir -j"$(nproc)" --target pagedattn-bench > "$out/build_$v.log" 2>&1 || { echo "build $v failed"; tail -20 "$out/build_$v.log"; exit 1; }
 done
-for v in A B; do
-  echo "=== $v: $( [ $v = A ] && echo "$a" || echo "$b" )"
-  /tmp/pagedattn_ab_$v/tools/pagedattn-bench --backend cuda --json "$out/ab_$v.json" "$@" 2>/dev/null | grep -E "^ +[0-9]+ +[a-z]|copy bandwidth"
-done
+run_case() {  # $1 = case number, rest = bench arguments
+  local n=$1; shift
+  for v in A B; do
+    echo "=== case $n, $v: $( [ $v = A ] && echo "$a" || echo "$b" ): $*"
+    /tmp/pagedattn_ab_$v/tools/pagedattn-bench --backend cuda --json "$out/ab_${v}_$n.json" "$@" 2>/dev/null |
+      grep -E "^ +[0-9]+ +[a-z]|copy bandwidth"
+  done
+}
+if [ $# -eq 1 ] && [ "${1#@}" != "$1" ]; then
+  n=0
+  while IFS= read -r line; do
+    case "$line" in ''|'#'*) continue ;; esac
+    n=$((n + 1))
+    # shellcheck disable=SC2086
+    run_case $n $line
+  done < "${1#@}"
+else
+  run_case 1 "$@"
+fi

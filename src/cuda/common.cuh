@@ -119,6 +119,29 @@ __device__ __forceinline__ void load_words(const void* p, std::uint32_t* w) {
   }
 }
 
+/// Asynchronous copy of BYTES (8 or 16) bytes from global to shared memory (cp.async,
+/// sm_80+). With `valid` false nothing is read and the destination is zero-filled. 16-byte
+/// copies bypass L1 (.cg): the KV cache is streamed once.
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void* smem, const void* gmem, bool valid) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  if constexpr (BYTES == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0)
+                 : "memory");
+  } else {
+    static_assert(BYTES == 8, "cp.async of 8 or 16 bytes");
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 8 : 0)
+                 : "memory");
+  }
+}
+/// Closes the copies issued since the last commit into one group (possibly empty).
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+/// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
