@@ -254,7 +254,7 @@ __global__ void __launch_bounds__(kThreads)
         const CacheT* kp = kbase + static_cast<std::int64_t>(st.page) * p.k_block_stride + (t & (bs - 1)) * kX;
 #pragma unroll
         for (int c = 0; c < Tr::kKChunks; ++c)
-          cp_async<16>(dst + c * 32 + lane, kp + static_cast<std::int64_t>(c) * bs * kX, true);
+          cp_async<16, true>(dst + c * 32 + lane, kp + static_cast<std::int64_t>(c) * bs * kX, true);
       }
       cp_async_commit();
     };

@@ -120,12 +120,17 @@ __device__ __forceinline__ void load_words(const void* p, std::uint32_t* w) {
 }
 
 /// Asynchronous copy of BYTES (8 or 16) bytes from global to shared memory (cp.async,
-/// sm_80+). With `valid` false nothing is read and the destination is zero-filled. 16-byte
-/// copies bypass L1 (.cg): the KV cache is streamed once.
-template <int BYTES>
+/// sm_80+). With `valid` false nothing is read and the destination is zero-filled.
+/// BYPASS_L1 (16-byte copies only, .cg) suits a warp whose copies cover whole 32-byte
+/// sectors; copies that use half a sector each (the other half by the next copy) go
+/// through L1 (.ca) so the sector is fetched from L2 once.
+template <int BYTES, bool BYPASS_L1 = false>
 __device__ __forceinline__ void cp_async(void* smem, const void* gmem, bool valid) {
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  if constexpr (BYTES == 16) {
+  if constexpr (BYTES == 16 && !BYPASS_L1) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0)
+                 : "memory");
+  } else if constexpr (BYTES == 16) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0)
                  : "memory");
   } else {

@@ -12,17 +12,29 @@
 
 namespace pagedattn::detail::cuda {
 
+/// Sets the kernel's shared-memory attributes once (before its first launch or occupancy
+/// query: without them the occupancy of a CTA over 48 KB reads as zero).
+template <typename T, CacheKind kind, int D, int HPC>
+void prepare_kernel() {
+  using Tr = AttentionTraits<T, kind, D, HPC>;
+  if constexpr (Tr::kSmemBytes > 48 * 1024) {
+    // the ring's CTAs need the largest shared-memory carveout to be resident two per SM
+    static const cudaError_t raised = [] {
+      auto kernel = paged_attention_kernel<T, kind, D, HPC>;
+      const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+      return e != cudaSuccess ? e
+                              : cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                                     cudaSharedmemCarveoutMaxShared);
+    }();
+    check_cuda(raised, "cudaFuncSetAttribute(MaxDynamicSharedMemorySize / carveout)");
+  }
+}
+
 template <typename T, int C, int D, int HPC>
 void launch_one(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
   constexpr CacheKind kind = static_cast<CacheKind>(C);
-  using Tr = AttentionTraits<T, kind, D, HPC>;
-  auto kernel = paged_attention_kernel<T, kind, D, HPC>;
-  if constexpr (Tr::kSmemBytes > 48 * 1024) {
-    static const cudaError_t raised =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
-    check_cuda(raised, "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
-  }
-  kernel<<<grid, kThreads, Tr::kSmemBytes, stream>>>(kp);
+  prepare_kernel<T, kind, D, HPC>();
+  paged_attention_kernel<T, kind, D, HPC><<<grid, kThreads, AttentionTraits<T, kind, D, HPC>::kSmemBytes, stream>>>(kp);
   check_launch("paged_attention_kernel launch");
 }
 
@@ -31,6 +43,7 @@ int occupancy_one() {
   constexpr CacheKind kind = static_cast<CacheKind>(C);
   using Tr = AttentionTraits<T, kind, D, HPC>;
   static const int ctas = [] {
+    prepare_kernel<T, kind, D, HPC>();
     int n = 0;
     check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, paged_attention_kernel<T, kind, D, HPC>, kThreads,
                                                              Tr::kSmemBytes),
