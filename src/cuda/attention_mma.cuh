@@ -8,9 +8,11 @@
 //   S^T[16 tokens x 8 heads]  = K[16 tokens x d] . Q^T[d x 8 heads]
 //   O^T[16 dims x 8 heads]   += V^T[16 dims x 16 tokens] . P^T[16 tokens x 8 heads]
 // The reduction index of each product may be permuted freely as long as both operands use
-// the same permutation; it is chosen so every thread loads whole 16-byte vectors straight
-// from the cache layouts ([.., head_size/x, block_size, x] keys, [.., head_size,
-// block_size] values) into its fragments, with no shared-memory staging:
+// the same permutation; it is chosen so every thread copies whole 16-byte vectors of the
+// cache layouts ([.., head_size/x, block_size, x] keys, [.., head_size, block_size] values)
+// that are, unchanged, its own fragments. The copies go through a per-warp cp.async ring in
+// shared memory (three half-tile slots, issued three half-tiles ahead), so the loads of the
+// next tiles are in flight while one is computed:
 //   keys:   lane (r = lane/4, q = lane%4) loads chunk 4*kb + q (E consecutive dims) of
 //           tokens r and r+8; mma k-step s of that 4E-dim block uses elements 4s..4s+3.
 //   values: lane loads 8 consecutive tokens 8q..8q+7 of dims r and r+8; k-step s (16
@@ -82,10 +84,18 @@ struct MmaTraits {
   static constexpr int kKSteps = kE / 4;                             ///< mma k-steps per key block
   static constexpr int kDTiles = (D + 15) / 16;                      ///< 16-dim tiles of the output
   static constexpr int kVBytes = 8 * static_cast<int>(sizeof(CacheT));  ///< one value load: 8 tokens
-  // shared memory: queries (main loop), probabilities per warp; merge buffers alias both
+  // cp.async ring (three half-tile slots per warp, as in attention_kernel.cuh): a lane's
+  // key entries (16 bytes: token half mt, key block kb, token row hf) and value entries
+  // (kVBytes: dim tile t, row half hf), each at [entry][lane].
+  static constexpr int kKEntries = 2 * kKBlocks * 2;
+  static constexpr int kVEntries = 2 * kDTiles;
+  static constexpr int kSlots = 3;
+  static constexpr int kSlotBytes = 32 * (kKEntries * 16 > kVEntries * kVBytes ? kKEntries * 16 : kVEntries * kVBytes);
+  // shared memory: queries (main loop), probabilities per warp, the ring; merge buffers alias
   static constexpr int kQFloats = kMmaHeads * D;
   static constexpr int kPHalves = kWarps * kMmaHeads * kTile;
-  static constexpr int kMainBytes = 4 * kQFloats + 2 * kPHalves;
+  static constexpr int kRingOffset = 4 * kQFloats + 2 * kPHalves;
+  static constexpr int kMainBytes = kRingOffset + kSlots * kWarps * kSlotBytes;
   static constexpr int kMergeBytes = 4 * (kWarps * kMmaHeads * D + 2 * kWarps * kMmaHeads);
   static constexpr int kSmemBytes = kMainBytes > kMergeBytes ? kMainBytes : kMergeBytes;
   static_assert(D <= 128, "the tensor-core path keeps the output in registers: head_size <= 128");
@@ -161,35 +171,92 @@ __global__ void __launch_bounds__(kThreads)
   T* my_p = p_s + warp * H * kTile;
   const unsigned active_heads = (1u << nh) - 1u;
 
-  for (int t0 = start + warp * kTile; t0 < end; t0 += kWarps * kTile) {
-    // ---- masks: tokens mt*16 + r + 8*hf of the tile (hf = 0, 1), heads 2q, 2q+1
-    int page[2][2];
-    unsigned mask[2][2];  // bit e: head 2q+e attends the token
-    unsigned any_head[2][2];  // some active head of the CTA attends the token
+  // K and V stream through a per-warp ring of three shared-memory slots filled by cp.async,
+  // issued three half-tiles ahead of use (keys of tile i, its values, keys of tile i+1, ...).
+  // Every entry is copied and read by the same lane (the fragment mapping above), so a
+  // lane waits only for its own copies.
+  static_assert(Tr::kSlots == 3, "the issue order below assumes three slots");
+  unsigned char* ring = reinterpret_cast<unsigned char*>(smem4) + Tr::kRingOffset + warp * Tr::kSlots * Tr::kSlotBytes;
+  auto slot = [&](int h) { return ring + (h % Tr::kSlots) * Tr::kSlotBytes; };
+  constexpr int kStride = kWarps * kTile;
+  const int first = start + warp * kTile;
+  const int ntiles = first < end ? (end - first + kStride - 1) / kStride : 0;
+  // heads 2q, 2q+1 attending logical block lb (bits 0, 1) and whether any active head of the
+  // CTA does (bit 2)
+  auto head_bits = [&](int lb) -> unsigned {
+    if (!p.sparse) return ((active_heads >> (2 * q)) & 3u) | 4u;
+    unsigned bits = 0u;
+    for (int h = 0; h < nh; ++h)
+      if (sparse_attended(p, seq_len, head0 + h, kv_head, lb * bs)) bits |= 4u | ((h >> 1) == q ? 1u << (h & 1) : 0u);
+    return bits;
+  };
+  struct TileState {
+    int page[4];    // cache block of token mt*16 + r + 8*hf (index 2*mt + hf)
+    unsigned bits;  // head_bits of those tokens, 3 bits each (0 past the split)
+    int vpage;      // cache block of tokens 8q..8q+7; -1: past the split or no head attends it
+  };
+  auto tile_state = [&](int i) {
+    TileState st{{0, 0, 0, 0}, 0u, -1};
+    const int t0 = first + i * kStride;
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int t = t0 + mt * 16 + r + 8 * hf;
-        page[mt][hf] = 0;
-        mask[mt][hf] = 0;
-        any_head[mt][hf] = 0;
-        if (t < end) {
-          const int lb = t >> p.block_shift;
-          page[mt][hf] = bt[lb];
-          if (p.sparse) {
-            for (int h = 0; h < nh; ++h)
-              if (sparse_attended(p, seq_len, head0 + h, kv_head, lb * bs)) {
-                any_head[mt][hf] = 1;
-                if ((h >> 1) == q) mask[mt][hf] |= 1u << (h & 1);
-              }
-          } else {
-            any_head[mt][hf] = 1;
-            mask[mt][hf] = (active_heads >> (2 * q)) & 3u;
-          }
-        }
+    for (int k = 0; k < 4; ++k) {
+      const int t = t0 + (k >> 1) * 16 + r + 8 * (k & 1);
+      if (t < end) {
+        const int lb = t >> p.block_shift;
+        st.page[k] = bt[lb];
+        st.bits |= head_bits(lb) << (3 * k);
       }
+    }
+    const int vt = t0 + 8 * q;
+    if (vt < end && (head_bits(vt >> p.block_shift) & 4u)) st.vpage = bt[vt >> p.block_shift];
+    return st;
+  };
+  auto issue_keys = [&](int i, const TileState& st) {
+    uint4* dst = reinterpret_cast<uint4*>(slot(2 * i));
+    const int t0 = first + i * kStride;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if (!((st.bits >> (3 * k + 2)) & 1u)) continue;
+      const int t = t0 + (k >> 1) * 16 + r + 8 * (k & 1);
+      const CacheT* kp = kbase + static_cast<std::int64_t>(st.page[k]) * p.k_block_stride + (t & (bs - 1)) * kE;
+#pragma unroll
+      for (int kb = 0; kb < Tr::kKBlocks; ++kb) {
+        const int chunk = kb * 4 + q;
+        if (chunk < Tr::kChunks)  // 8 tokens x 16 bytes per chunk: whole sectors, L1 bypassed
+          cp_async<16, true>(dst + (((k >> 1) * Tr::kKBlocks + kb) * 2 + (k & 1)) * 32 + lane,
+                             kp + static_cast<std::int64_t>(chunk) * bs * kE, true);
+      }
+    }
+    cp_async_commit();
+  };
+  auto issue_values = [&](int i, const TileState& st) {
+    unsigned char* dst = slot(2 * i + 1);
+    if (st.vpage >= 0) {
+      const int vt = first + i * kStride + 8 * q;
+      const CacheT* vp = vbase + static_cast<std::int64_t>(st.vpage) * p.v_block_stride + (vt & (bs - 1));
+#pragma unroll
+      for (int t = 0; t < Tr::kDTiles; ++t)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int d = 16 * t + r + 8 * hf;
+          if (d < D)
+            cp_async<Tr::kVBytes, Tr::kVBytes == 16>(dst + ((2 * t + hf) * 32 + lane) * Tr::kVBytes,
+                                                     vp + static_cast<std::int64_t>(d) * bs, true);
+        }
+    }
+    cp_async_commit();
+  };
+
+  TileState st0 = tile_state(0), st1 = tile_state(1);
+  issue_keys(0, st0);
+  issue_values(0, st0);
+  issue_keys(1, st1);
+  for (int i = 0; i < ntiles; ++i) {
+    const TileState st2 = tile_state(i + 2);  // block table read two tiles ahead of its use
+    const int t0 = first + i * kStride;
+    cp_async_wait<Tr::kSlots - 1>();  // keys of tile i
     // ---- S^T = K . Q^T
+    const uint4* ks = reinterpret_cast<const uint4*>(slot(2 * i));
     float sacc[2][4];
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
@@ -201,15 +268,17 @@ __global__ void __launch_bounds__(kThreads)
         for (int hf = 0; hf < 2; ++hf) {
           const int chunk = kb * 4 + q;
           raw[kb][hf][0] = raw[kb][hf][1] = raw[kb][hf][2] = raw[kb][hf][3] = 0u;
-          if (chunk < Tr::kChunks && any_head[mt][hf]) {
-            const int t = t0 + mt * 16 + r + 8 * hf;
-            load_words<16>(kbase + static_cast<std::int64_t>(page[mt][hf]) * p.k_block_stride +
-                               static_cast<std::int64_t>(chunk) * bs * kE + (t & (bs - 1)) * kE,
-                           raw[kb][hf]);
+          // chunks not copied stay zero: padding dims meet zero queries, and a stale NaN would not
+          if (chunk < Tr::kChunks && ((st0.bits >> (3 * (2 * mt + hf) + 2)) & 1u)) {
+            const uint4 w = ks[((mt * Tr::kKBlocks + kb) * 2 + hf) * 32 + lane];
+            raw[kb][hf][0] = w.x;
+            raw[kb][hf][1] = w.y;
+            raw[kb][hf][2] = w.z;
+            raw[kb][hf][3] = w.w;
             if ((chunk + 1) * kE > D) {  // padding of a partial last chunk (fp8, head 120): may hold NaN
 #pragma unroll
-              for (int w = 0; w < 4; ++w)
-                if (chunk * kE + w * (kE / 4) >= D) raw[kb][hf][w] = 0u;
+              for (int w2 = 0; w2 < 4; ++w2)
+                if (chunk * kE + w2 * (kE / 4) >= D) raw[kb][hf][w2] = 0u;
             }
           }
         }
@@ -245,7 +314,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int hf = 0; hf < 2; ++hf) {
           const int t = t0 + mt * 16 + r + 8 * hf;
           float v = -INFINITY;
-          if (mask[mt][hf] & (1u << e))
+          if ((st0.bits >> (3 * (2 * mt + hf) + e)) & 1u)
             v = sacc[mt][2 * hf + e] * p.qk_scale + slope[e] * static_cast<float>(t - seq_len + 1);
           sv[mt * 2 + hf] = v;
           mx = fmaxf(mx, v);
@@ -256,10 +325,10 @@ __global__ void __launch_bounds__(kThreads)
       alpha[e] = m_new == -INFINITY ? 1.0f : __expf(m[e] - m_new);
       float sum = 0.0f;
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float pv = m_new == -INFINITY ? 0.0f : __expf(sv[i] - m_new);
+      for (int i2 = 0; i2 < 4; ++i2) {
+        const float pv = m_new == -INFINITY ? 0.0f : __expf(sv[i2] - m_new);
         sum += pv;
-        const int mt = i / 2, hf = i % 2;
+        const int mt = i2 / 2, hf = i2 % 2;
         my_p[(2 * q + e) * kTile + mt * 16 + r + 8 * hf] = from_float<T>(pv);
       }
       m[e] = m_new;
@@ -273,16 +342,12 @@ __global__ void __launch_bounds__(kThreads)
       o[t][2] *= alpha[0];
       o[t][3] *= alpha[1];
     }
+    issue_values(i + 1, st1);
+    cp_async_wait<Tr::kSlots - 1>();  // values of tile i
     // ---- O^T += V^T . P^T: values of tokens 8q..8q+7 for dims 16t + r and 16t + r + 8
-    const int vt = t0 + 8 * q;
-    const int vpage = vt < end ? bt[vt >> p.block_shift] : 0;
-    // skip the page when no active head attends it (masked pages may hold anything)
-    bool v_needed = vt < end;
-    if (v_needed && p.sparse) {
-      v_needed = false;
-      for (int h = 0; h < nh; ++h) v_needed |= sparse_attended(p, seq_len, head0 + h, kv_head, (vt >> p.block_shift) * bs);
-    }
-    const int vvalid = end - vt;  // tokens of the 8 inside the split
+    const bool v_needed = st0.vpage >= 0;  // masked pages are not copied (may hold anything)
+    const int vvalid = end - (t0 + 8 * q);  // tokens of the 8 inside the split
+    const unsigned char* vs = slot(2 * i + 1);
     // P^T operand: head r, tokens 8q + 4s + {0,1} / {2,3}
     std::uint32_t pb[2][2];
 #pragma unroll
@@ -299,16 +364,25 @@ __global__ void __launch_bounds__(kThreads)
         const int d = 16 * t + r + 8 * hf;
         raw[hf][0] = raw[hf][1] = raw[hf][2] = raw[hf][3] = 0u;
         if (v_needed && d < D) {
-          const CacheT* vp = vbase + static_cast<std::int64_t>(vpage) * p.v_block_stride + static_cast<std::int64_t>(d) * bs +
-                             (vt & (bs - 1));
-          load_words<Tr::kVBytes>(vp, raw[hf]);
+          const unsigned char* e = vs + ((2 * t + hf) * 32 + lane) * Tr::kVBytes;
+          if constexpr (Tr::kVBytes == 16) {
+            const uint4 w = *reinterpret_cast<const uint4*>(e);
+            raw[hf][0] = w.x;
+            raw[hf][1] = w.y;
+            raw[hf][2] = w.z;
+            raw[hf][3] = w.w;
+          } else {
+            const uint2 w = *reinterpret_cast<const uint2*>(e);
+            raw[hf][0] = w.x;
+            raw[hf][1] = w.y;
+          }
           if (vvalid < 8) {  // tokens past the end: unused slots may hold NaN
             constexpr int kPerWord = 4 / static_cast<int>(sizeof(CacheT));
 #pragma unroll
             for (int w = 0; w < Tr::kVBytes / 4; ++w)
 #pragma unroll
-              for (int e = 0; e < kPerWord; ++e)
-                if (w * kPerWord + e >= vvalid) raw[hf][w] &= ~(((1u << (8 * sizeof(CacheT))) - 1u) << (8 * sizeof(CacheT) * e));
+              for (int e2 = 0; e2 < kPerWord; ++e2)
+                if (w * kPerWord + e2 >= vvalid) raw[hf][w] &= ~(((1u << (8 * sizeof(CacheT))) - 1u) << (8 * sizeof(CacheT) * e2));
           }
         }
       }
@@ -329,8 +403,12 @@ __global__ void __launch_bounds__(kThreads)
         mma_16816<T>(o[t], a, pb[s][0], pb[s][1]);
       }
     }
-    __syncwarp();
+    __syncwarp();  // my_p is rewritten by the next tile
+    issue_keys(i + 2, st2);
+    st0 = st1;
+    st1 = st2;
   }
+  cp_async_wait<0>();
 
   // ---- merge the warps in a fixed order (deterministic)
 #pragma unroll

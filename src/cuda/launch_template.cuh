@@ -12,67 +12,65 @@
 
 namespace pagedattn::detail::cuda {
 
-/// Sets the kernel's shared-memory attributes once (before its first launch or occupancy
-/// query: without them the occupancy of a CTA over 48 KB reads as zero).
-template <typename T, CacheKind kind, int D, int HPC>
+/// Sets a kernel's shared-memory attributes once (before its first launch or occupancy
+/// query: without them the occupancy of a CTA over 48 KB reads as zero). The ring kernels
+/// need the largest shared-memory carveout to keep two or more CTAs per SM.
+template <auto Kernel, int kSmemBytes>
 void prepare_kernel() {
-  using Tr = AttentionTraits<T, kind, D, HPC>;
-  if constexpr (Tr::kSmemBytes > 48 * 1024) {
-    // the ring's CTAs need the largest shared-memory carveout to be resident two per SM
+  if constexpr (kSmemBytes > 48 * 1024) {
     static const cudaError_t raised = [] {
-      auto kernel = paged_attention_kernel<T, kind, D, HPC>;
-      const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes);
+      const cudaError_t e = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
       return e != cudaSuccess ? e
-                              : cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                              : cudaFuncSetAttribute(Kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                                      cudaSharedmemCarveoutMaxShared);
     }();
     check_cuda(raised, "cudaFuncSetAttribute(MaxDynamicSharedMemorySize / carveout)");
   }
 }
 
+/// CTAs of Kernel resident per SM with kSmemBytes of dynamic shared memory (at least 1).
+template <auto Kernel, int kSmemBytes>
+int resident_ctas() {
+  static const int ctas = [] {
+    prepare_kernel<Kernel, kSmemBytes>();
+    int n = 0;
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, Kernel, kThreads, kSmemBytes),
+               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    return n > 0 ? n : 1;
+  }();
+  return ctas;
+}
+
 template <typename T, int C, int D, int HPC>
 void launch_one(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
   constexpr CacheKind kind = static_cast<CacheKind>(C);
-  prepare_kernel<T, kind, D, HPC>();
-  paged_attention_kernel<T, kind, D, HPC><<<grid, kThreads, AttentionTraits<T, kind, D, HPC>::kSmemBytes, stream>>>(kp);
+  constexpr auto kernel = paged_attention_kernel<T, kind, D, HPC>;
+  constexpr int smem = AttentionTraits<T, kind, D, HPC>::kSmemBytes;
+  prepare_kernel<kernel, smem>();
+  kernel<<<grid, kThreads, smem, stream>>>(kp);
   check_launch("paged_attention_kernel launch");
 }
 
 template <typename T, int C, int D, int HPC>
 int occupancy_one() {
   constexpr CacheKind kind = static_cast<CacheKind>(C);
-  using Tr = AttentionTraits<T, kind, D, HPC>;
-  static const int ctas = [] {
-    prepare_kernel<T, kind, D, HPC>();
-    int n = 0;
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, paged_attention_kernel<T, kind, D, HPC>, kThreads,
-                                                             Tr::kSmemBytes),
-               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-    return n > 0 ? n : 1;
-  }();
-  return ctas;
+  return resident_ctas<paged_attention_kernel<T, kind, D, HPC>, AttentionTraits<T, kind, D, HPC>::kSmemBytes>();
 }
 
 template <typename T, int C, int D>
 void launch_attention_mma(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
   constexpr CacheKind kind = static_cast<CacheKind>(C);
-  using Tr = MmaTraits<T, kind, D>;
-  static_assert(Tr::kSmemBytes <= 48 * 1024, "tensor-core path fits the default shared memory");
-  paged_attention_mma_kernel<T, kind, D><<<grid, kThreads, Tr::kSmemBytes, stream>>>(kp);
+  constexpr auto kernel = paged_attention_mma_kernel<T, kind, D>;
+  constexpr int smem = MmaTraits<T, kind, D>::kSmemBytes;
+  prepare_kernel<kernel, smem>();
+  kernel<<<grid, kThreads, smem, stream>>>(kp);
   check_launch("paged_attention_mma_kernel launch");
 }
 
 template <typename T, int C, int D>
 int attention_mma_ctas_per_sm() {
   constexpr CacheKind kind = static_cast<CacheKind>(C);
-  static const int ctas = [] {
-    int n = 0;
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, paged_attention_mma_kernel<T, kind, D>, kThreads,
-                                                             MmaTraits<T, kind, D>::kSmemBytes),
-               "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-    return n > 0 ? n : 1;
-  }();
-  return ctas;
+  return resident_ctas<paged_attention_mma_kernel<T, kind, D>, MmaTraits<T, kind, D>::kSmemBytes>();
 }
 
 template <typename T, int C, int D>
