@@ -124,10 +124,13 @@ __device__ __forceinline__ void load_words(const void* p, std::uint32_t* w) {
 /// BYPASS_L1 (16-byte copies only, .cg) suits a warp whose copies cover whole 32-byte
 /// sectors; copies that use half a sector each (the other half by the next copy) go
 /// through L1 (.ca) so the sector is fetched from L2 once.
+#ifndef PAGEDATTN_RING_BYPASS_L1
+#define PAGEDATTN_RING_BYPASS_L1 1
+#endif
 template <int BYTES, bool BYPASS_L1 = false>
 __device__ __forceinline__ void cp_async(void* smem, const void* gmem, bool valid) {
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  if constexpr (BYTES == 16 && !BYPASS_L1) {
+  if constexpr (BYTES == 16 && !(BYPASS_L1 && PAGEDATTN_RING_BYPASS_L1)) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0)
                  : "memory");
   } else if constexpr (BYTES == 16) {
