@@ -24,10 +24,6 @@
 #ifndef PAGEDATTN_PREFETCH_V
 #define PAGEDATTN_PREFETCH_V 1
 #endif
-// Build switch for A/B timing of the cp.async ring (CMake option PAGEDATTN_PIPELINE).
-#ifndef PAGEDATTN_PIPELINE
-#define PAGEDATTN_PIPELINE 1
-#endif
 
 namespace pagedattn::detail::cuda {
 
@@ -57,17 +53,8 @@ struct AttentionTraits {
   /// where the extra registers cost little occupancy. Measured on the H100 (docs/performance.md):
   /// +2.5% for MHA, but -18% for GQA groups of 4 (178 instead of 128 registers, half the CTAs).
   static constexpr bool kPrefetchV = PAGEDATTN_PREFETCH_V && HPC == 1 && kVChunks * kND * 4 <= 64;
-  /// cp.async ring (see the kernel): kSlots half-tile slots per warp, each slot one 16-byte
-  /// entry per (chunk, lane): a tile's keys (kKChunks chunks) or values (kND x kVChunks).
-  static constexpr int kSlots = 3;
-  static constexpr int kSlotEntries = 32 * (kKChunks > kND * kVChunks ? kKChunks : kND * kVChunks);
-  static constexpr int kRingFloats = 4 * kSlots * kWarps * kSlotEntries;
-  /// The ring is used where it fits the shared memory (every f16/bf16/fp8 instance; float32
-  /// from head 192 up streams through registers instead).
-  static constexpr bool kPipelined = PAGEDATTN_PIPELINE && 4 * kRingFloats <= 200 * 1024;
-  // shared memory: main loop (queries, probabilities, then the ring or the page ids) and
-  // the final merge alias
-  static constexpr int kMainFloats = HPC * D + kWarps * HPC * kTile + (kPipelined ? kRingFloats : kWarps * kTile);
+  // shared memory: main loop (queries, probabilities, page ids) and final merge alias
+  static constexpr int kMainFloats = HPC * D + kWarps * HPC * kTile + kWarps * kTile;
   static constexpr int kMergeFloats = kWarps * HPC * D + 2 * kWarps * HPC;
   static constexpr int kSmemBytes = 4 * (kMainFloats > kMergeFloats ? kMainFloats : kMergeFloats);
 };
@@ -220,118 +207,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   };
 
-  if constexpr (Tr::kPipelined) {
-    // Each warp streams its tiles through a ring of three shared-memory slots filled by
-    // cp.async: half-tile h (h = 2i: the keys of the warp's i-th tile, 2i+1: its values)
-    // lives in slot h % 3 and is issued three half-tiles before it is used, so the next
-    // tiles' loads are in flight while this one is computed, without holding registers.
-    // Slot entry e * 32 + lane is written and read by the same lane (keys: lane = token,
-    // values: lane = head dim), so each lane waits only for its own copies (no barrier).
-    static_assert(Tr::kSlots == 3, "the issue order below assumes three slots");
-    uint4* ring = reinterpret_cast<uint4*>(p_s + kWarps * HPC * kTile) + warp * Tr::kSlots * Tr::kSlotEntries;
-    constexpr int kStride = kWarps * kTile;
-    const int first = start + warp * kTile;
-    const int ntiles = first < end ? (end - first + kStride - 1) / kStride : 0;
-    struct TileState {
-      int page;       // cache block of the lane's token
-      unsigned mask;  // heads attending it; 0 past the split
-    };
-    auto tile_state = [&](int i) {
-      TileState st{0, 0u};
-      const int t = first + i * kStride + lane;
-      if (t < end) {
-        const int lblock = t >> p.block_shift;
-        st.page = bt[lblock];
-        st.mask = attend_mask(lblock);
-      }
-      return st;
-    };
-    auto slot = [&](int h) { return ring + (h % Tr::kSlots) * Tr::kSlotEntries; };
-    auto issue_keys = [&](int i, const TileState& st) {
-      uint4* dst = slot(2 * i);
-      if (st.mask != 0u) {
-        const int t = first + i * kStride + lane;
-        const CacheT* kp = kbase + static_cast<std::int64_t>(st.page) * p.k_block_stride + (t & (bs - 1)) * kX;
-#pragma unroll
-        for (int c = 0; c < Tr::kKChunks; ++c)
-          cp_async<16, true>(dst + c * 32 + lane, kp + static_cast<std::int64_t>(c) * bs * kX, true);
-      }
-      cp_async_commit();
-    };
-    auto issue_values = [&](int i, const TileState& st) {
-      uint4* dst = slot(2 * i + 1);
-      const int t0 = first + i * kStride;
-      const int pl = st.mask != 0u ? st.page : -1;  // -1: no head attends (or past the split)
-#pragma unroll
-      for (int j = 0; j < Tr::kVChunks; ++j) {
-        const int tj = t0 + j * kX;
-        const int pg0 = __shfl_sync(0xffffffffu, pl, j * kX);
-        const int pg1 = (kX > 8 && bs == 8) ? __shfl_sync(0xffffffffu, pl, j * kX + 8) : pg0;
-#pragma unroll
-        for (int i2 = 0; i2 < kND; ++i2) {
-          const int d = lane + 32 * i2;
-          if (tj >= end || (pg0 < 0 && pg1 < 0) || !(D % 32 == 0 || d < D)) continue;
-          uint4* e = dst + (i2 * Tr::kVChunks + j) * 32 + lane;
-          if (kX <= 8 || bs >= 16) {
-            cp_async<16>(e, vbase + static_cast<std::int64_t>(pg0) * p.v_block_stride + static_cast<std::int64_t>(d) * bs +
-                                (tj & (bs - 1)),
-                         true);
-          } else {  // 16 fp8 tokens from two 8-token pages; a page not read is zero-filled
-            const bool ok0 = pg0 >= 0, ok1 = pg1 >= 0 && end - tj > 8;
-            cp_async<8>(e, ok0 ? vbase + static_cast<std::int64_t>(pg0) * p.v_block_stride + d * 8 : vbase, ok0);
-            cp_async<8>(reinterpret_cast<char*>(e) + 8,
-                        ok1 ? vbase + static_cast<std::int64_t>(pg1) * p.v_block_stride + d * 8 : vbase, ok1);
-          }
-        }
-      }
-      cp_async_commit();
-    };
-
-    TileState st0 = tile_state(0), st1 = tile_state(1);
-    issue_keys(0, st0);
-    issue_values(0, st0);
-    issue_keys(1, st1);
-    for (int i = 0; i < ntiles; ++i) {
-      const TileState st2 = tile_state(i + 2);  // block table read two tiles ahead of its use
-      const int t0 = first + i * kStride;
-      const unsigned live = __ballot_sync(0xffffffffu, st0.mask != 0u);  // bit = token of the tile
-      cp_async_wait<Tr::kSlots - 1>();                                    // keys of tile i
-      if (live != 0u) {
-        float s[HPC];
-#pragma unroll
-        for (int h = 0; h < HPC; ++h) s[h] = 0.0f;
-        if (st0.mask != 0u) {
-          const uint4* ks = slot(2 * i);
-          qk(s, [&](int c) { return ks[c * 32 + lane]; });
-        }
-        float alpha[HPC];
-        softmax(s, st0.mask, t0 + lane, alpha);
-      }
-      issue_values(i + 1, st1);
-      cp_async_wait<Tr::kSlots - 1>();  // values of tile i
-      if (live != 0u) {
-        const uint4* vs = slot(2 * i + 1);
-#pragma unroll
-        for (int j = 0; j < Tr::kVChunks; ++j) {
-          const int tj = t0 + j * kX;
-          if (tj >= end) break;
-          if (((live >> (j * kX)) & ((1ull << kX) - 1)) == 0u) continue;  // no head attends these tokens
-#pragma unroll
-          for (int i2 = 0; i2 < kND; ++i2) {
-            if (!(D % 32 == 0 || lane + 32 * i2 < D)) continue;
-            const uint4 w = vs[(i2 * Tr::kVChunks + j) * 32 + lane];
-            const std::uint32_t raw[4] = {w.x, w.y, w.z, w.w};
-            pv(raw, i2, j, end - tj);
-          }
-        }
-        __syncwarp();  // my_p is rewritten by the next tile
-      }
-      issue_keys(i + 2, st2);
-      st0 = st1;
-      st1 = st2;
-    }
-    cp_async_wait<0>();
-  } else {
+  {
     int* my_pg = reinterpret_cast<int*>(p_s + kWarps * HPC * kTile) + warp * kTile;  // [kWarps][kTile] page ids
     for (int t0 = start + warp * kTile; t0 < end; t0 += kWarps * kTile) {
       // ---- which tokens of the tile count, for which heads

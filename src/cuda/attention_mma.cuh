@@ -28,6 +28,14 @@
 
 namespace pagedattn::detail::cuda {
 
+// A/B switches (1: that copy bypasses L1 with cp.async.cg); see common.cuh's cp_async.
+#ifndef PAGEDATTN_RING_K_CG
+#define PAGEDATTN_RING_K_CG 0
+#endif
+#ifndef PAGEDATTN_RING_V_CG
+#define PAGEDATTN_RING_V_CG 0
+#endif
+
 inline constexpr int kMmaHeads = 8;  ///< query heads per CTA on the tensor-core path
 
 template <typename T>
@@ -222,8 +230,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int kb = 0; kb < Tr::kKBlocks; ++kb) {
         const int chunk = kb * 4 + q;
-        if (chunk < Tr::kChunks)  // 8 tokens x 16 bytes per chunk: whole sectors, L1 bypassed
-          cp_async<16, true>(dst + (((k >> 1) * Tr::kKBlocks + kb) * 2 + (k & 1)) * 32 + lane,
+        if (chunk < Tr::kChunks)
+          cp_async<16, PAGEDATTN_RING_K_CG>(dst + (((k >> 1) * Tr::kKBlocks + kb) * 2 + (k & 1)) * 32 + lane,
                              kp + static_cast<std::int64_t>(chunk) * bs * kE, true);
       }
     }
@@ -240,7 +248,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int hf = 0; hf < 2; ++hf) {
           const int d = 16 * t + r + 8 * hf;
           if (d < D)
-            cp_async<Tr::kVBytes, Tr::kVBytes == 16>(dst + ((2 * t + hf) * 32 + lane) * Tr::kVBytes,
+            cp_async<Tr::kVBytes, PAGEDATTN_RING_V_CG && Tr::kVBytes == 16>(dst + ((2 * t + hf) * 32 + lane) * Tr::kVBytes,
                                                      vp + static_cast<std::int64_t>(d) * bs, true);
         }
     }

@@ -6,7 +6,7 @@
 #endif
 // Build switch (CMake option PAGEDATTN_TENSOR_CORES): use the tensor-core kernel where built.
 #ifndef PAGEDATTN_TENSOR_CORES
-#define PAGEDATTN_TENSOR_CORES 0
+#define PAGEDATTN_TENSOR_CORES 1
 #endif
 
 #include <algorithm>
@@ -66,7 +66,12 @@ KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& 
   KernelChoice k{};
   k.inst = &find_instance(s.dtype, p.kv_cache_dtype, s.head_size);
   const int group = s.group_size();
-  k.mma = PAGEDATTN_TENSOR_CORES && k.inst->launch_mma != nullptr && (group >= 2 || p.kv_cache_dtype != CacheDType::kAuto);
+  // Tensor cores where they measured faster on the H100 (docs/performance.md, v0.3): groups
+  // above 4 (the CUDA-core kernel splits them over two CTAs and runs out of issue slots) and
+  // fp8 caches under GQA (conversion + FMA bound on CUDA cores). MHA and 16-bit caches with
+  // groups up to 4 stay on the CUDA-core kernel, which reads them at 91-102% of copy.
+  const bool fp8 = p.kv_cache_dtype != CacheDType::kAuto;
+  k.mma = PAGEDATTN_TENSOR_CORES && k.inst->launch_mma != nullptr && (group > 4 || (fp8 && group >= 2));
   k.heads = k.mma ? kMmaHeadsPerCta : heads_per_cta(group);
   k.head_tiles = (group + k.heads - 1) / k.heads;
   k.ctas_per_sm = k.mma ? k.inst->mma_ctas_per_sm() : k.inst->ctas_per_sm(k.heads);
