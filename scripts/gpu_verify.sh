@@ -11,7 +11,8 @@
 # Logs, gtest XML and benchmark JSON/CSV land in OUT_DIR; a summary is printed last.
 # Extra header-only dependencies (CLI11, nlohmann-json) are taken from .devdeps/usr when
 # present (the device machine has no package registry). Extra CMake arguments: the
-# environment variable PAGEDATTN_CMAKE_ARGS.
+# environment variable PAGEDATTN_CMAKE_ARGS; extra benchmark arguments (e.g. --no-check):
+# PAGEDATTN_BENCH_ARGS.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_verify.sh OUT_DIR [--bench SWEEP] [--skip-tests] [--skip-sanitizer]}
 shift
@@ -70,7 +71,8 @@ if [ $skip_san -eq 0 ]; then
 fi
 
 if [ -n "$bench" ] && [ -x "$build/tools/pagedattn-bench" ]; then
-  "$build/tools/pagedattn-bench" --backend cuda --sweep "$bench" --json "$out/bench_$bench.json" --csv "$out/bench_$bench.csv" > "$out/bench_$bench.log" 2>&1; r=$?
+  # shellcheck disable=SC2086
+  "$build/tools/pagedattn-bench" --backend cuda --sweep "$bench" ${PAGEDATTN_BENCH_ARGS:-} --json "$out/bench_$bench.json" --csv "$out/bench_$bench.csv" > "$out/bench_$bench.log" 2>&1; r=$?
   say "bench $bench: rc=$r"
   tail -60 "$out/bench_$bench.log"
 fi
