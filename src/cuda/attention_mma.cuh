@@ -35,6 +35,12 @@ namespace pagedattn::detail::cuda {
 #ifndef PAGEDATTN_RING_V_CG
 #define PAGEDATTN_RING_V_CG 0
 #endif
+// A/B switch: 1 = keys copied lane-per-token (512 contiguous bytes per copy instruction,
+// a bank swizzle in the slot, a __syncwarp before the fragments are read); 0 = each lane
+// copies its own fragments (four 128-byte runs per copy instruction).
+#ifndef PAGEDATTN_MMA_K_BY_TOKEN
+#define PAGEDATTN_MMA_K_BY_TOKEN 1
+#endif
 
 inline constexpr int kMmaHeads = 8;  ///< query heads per CTA on the tensor-core path
 
@@ -198,14 +204,34 @@ __global__ void __launch_bounds__(kThreads)
       if (sparse_attended(p, seq_len, head0 + h, kv_head, lb * bs)) bits |= 4u | ((h >> 1) == q ? 1u << (h & 1) : 0u);
     return bits;
   };
+  // all active heads of the CTA attending logical block lb (bit h: head h)
+  auto head_mask = [&](int lb) -> unsigned {
+    if (!p.sparse) return active_heads;
+    unsigned mask = 0u;
+    for (int h = 0; h < nh; ++h)
+      if (sparse_attended(p, seq_len, head0 + h, kv_head, lb * bs)) mask |= 1u << h;
+    return mask;
+  };
+  constexpr bool kKByToken = PAGEDATTN_MMA_K_BY_TOKEN;
   struct TileState {
     int page[4];    // cache block of token mt*16 + r + 8*hf (index 2*mt + hf)
     unsigned bits;  // head_bits of those tokens, 3 bits each (0 past the split)
     int vpage;      // cache block of tokens 8q..8q+7; -1: past the split or no head attends it
+    int tpage;      // key copies lane-per-token: cache block of token `lane` of the tile
+    unsigned tmask;  // and head_mask of it (0 past the split)
   };
   auto tile_state = [&](int i) {
-    TileState st{{0, 0, 0, 0}, 0u, -1};
+    TileState st{{0, 0, 0, 0}, 0u, -1, 0, 0u};
     const int t0 = first + i * kStride;
+    if constexpr (kKByToken) {  // one block-table read per lane; the rest by shuffles (derive)
+      const int t = t0 + lane;
+      if (t < end) {
+        const int lb = t >> p.block_shift;
+        st.tpage = bt[lb];
+        st.tmask = head_mask(lb);
+      }
+      return st;
+    }
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const int t = t0 + (k >> 1) * 16 + r + 8 * (k & 1);
@@ -219,9 +245,39 @@ __global__ void __launch_bounds__(kThreads)
     if (vt < end && (head_bits(vt >> p.block_shift) & 4u)) st.vpage = bt[vt >> p.block_shift];
     return st;
   };
+  // Lane-per-token state -> the fragment lanes' view (after the block-table read has landed).
+  auto derive = [&](TileState& st) {
+    if constexpr (kKByToken) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const unsigned m = __shfl_sync(0xffffffffu, st.tmask, (k >> 1) * 16 + r + 8 * (k & 1));
+        st.bits |= (((m >> (2 * q)) & 3u) | (m != 0u ? 4u : 0u)) << (3 * k);
+      }
+      const unsigned vm = __shfl_sync(0xffffffffu, st.tmask, 8 * q);
+      const int vp = __shfl_sync(0xffffffffu, st.tpage, 8 * q);
+      st.vpage = vm != 0u ? vp : -1;
+    }
+  };
+  // key slot entry of (chunk, token of the tile); swizzled when copied lane-per-token so the
+  // fragment reads (8 lanes: 2 tokens x 4 chunks) hit 8 different banks
+  auto key_entry = [&](int chunk, int tok) {
+    if constexpr (kKByToken) return chunk * 32 + (tok ^ ((chunk & 3) << 1));
+    return 0;  // unused
+  };
   auto issue_keys = [&](int i, const TileState& st) {
     uint4* dst = reinterpret_cast<uint4*>(slot(2 * i));
     const int t0 = first + i * kStride;
+    if constexpr (kKByToken) {
+      if (st.tmask != 0u) {
+        const int t = t0 + lane;
+        const CacheT* kp = kbase + static_cast<std::int64_t>(st.tpage) * p.k_block_stride + (t & (bs - 1)) * kE;
+#pragma unroll
+        for (int c = 0; c < Tr::kChunks; ++c)
+          cp_async<16, PAGEDATTN_RING_K_CG>(dst + key_entry(c, lane), kp + static_cast<std::int64_t>(c) * bs * kE, true);
+      }
+      cp_async_commit();
+      return;
+    }
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       if (!((st.bits >> (3 * k + 2)) & 1u)) continue;
@@ -232,7 +288,7 @@ __global__ void __launch_bounds__(kThreads)
         const int chunk = kb * 4 + q;
         if (chunk < Tr::kChunks)
           cp_async<16, PAGEDATTN_RING_K_CG>(dst + (((k >> 1) * Tr::kKBlocks + kb) * 2 + (k & 1)) * 32 + lane,
-                             kp + static_cast<std::int64_t>(chunk) * bs * kE, true);
+                                            kp + static_cast<std::int64_t>(chunk) * bs * kE, true);
       }
     }
     cp_async_commit();
@@ -256,13 +312,16 @@ __global__ void __launch_bounds__(kThreads)
   };
 
   TileState st0 = tile_state(0), st1 = tile_state(1);
+  derive(st0);
+  derive(st1);
   issue_keys(0, st0);
   issue_values(0, st0);
   issue_keys(1, st1);
   for (int i = 0; i < ntiles; ++i) {
-    const TileState st2 = tile_state(i + 2);  // block table read two tiles ahead of its use
+    const TileState st2 = tile_state(i + 2);  // block table read two tiles ahead of its use (derived at the end)
     const int t0 = first + i * kStride;
     cp_async_wait<Tr::kSlots - 1>();  // keys of tile i
+    if constexpr (kKByToken) __syncwarp();  // copied by other lanes
     // ---- S^T = K . Q^T
     const uint4* ks = reinterpret_cast<const uint4*>(slot(2 * i));
     float sacc[2][4];
@@ -278,7 +337,8 @@ __global__ void __launch_bounds__(kThreads)
           raw[kb][hf][0] = raw[kb][hf][1] = raw[kb][hf][2] = raw[kb][hf][3] = 0u;
           // chunks not copied stay zero: padding dims meet zero queries, and a stale NaN would not
           if (chunk < Tr::kChunks && ((st0.bits >> (3 * (2 * mt + hf) + 2)) & 1u)) {
-            const uint4 w = ks[((mt * Tr::kKBlocks + kb) * 2 + hf) * 32 + lane];
+            const uint4 w = kKByToken ? ks[key_entry(chunk, mt * 16 + r + 8 * hf)]
+                                      : ks[((mt * Tr::kKBlocks + kb) * 2 + hf) * 32 + lane];
             raw[kb][hf][0] = w.x;
             raw[kb][hf][1] = w.y;
             raw[kb][hf][2] = w.z;
@@ -412,9 +472,11 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     __syncwarp();  // my_p is rewritten by the next tile
-    issue_keys(i + 2, st2);
+    TileState next = st2;
+    issue_keys(i + 2, next);
+    derive(next);
     st0 = st1;
-    st1 = st2;
+    st1 = next;
   }
   cp_async_wait<0>();
 
