@@ -8,6 +8,7 @@
 set -uo pipefail
 out=${1:?usage: scripts/gpu_full.sh OUT_DIR}
 root=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$out"
 PAGEDATTN_BENCH_ARGS="--no-check" "$root/scripts/gpu_verify.sh" "$out" --bench issue3 --python > "$out/verify.out" 2>&1
 cat "$out/summary.txt"
 bench="${PAGEDATTN_GPU_BUILD_DIR:-$root/build-gpu}/tools/pagedattn-bench"
