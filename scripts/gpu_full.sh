@@ -25,6 +25,6 @@ while IFS= read -r line; do
   done
 done < "$root/bench/ab/batch-invariant.txt" | tee "$out/batch_invariant.txt"
 # the device tool brings back a limited number of files: keep the results, pack the rest
-cd "$out" && tar czf all.tgz --exclude=all.tgz . &&
-  find . -type f ! -name all.tgz ! -name summary.txt ! -name 'bench_*.json' ! -name 'bench_*.csv' \
+tar czf /tmp/pagedattn_all.tgz -C "$out" . && mv /tmp/pagedattn_all.tgz "$out/all.tgz" &&
+  find "$out" -type f ! -name all.tgz ! -name summary.txt ! -name 'bench_*.json' ! -name 'bench_*.csv' \
     ! -name batch_invariant.txt -delete; true

@@ -93,6 +93,8 @@ struct Problem {
     p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_size));
     p.block_size = c.block_size;
     p.max_seq_len = max_seq_len;
+    // the planner's length hint, as an engine that knows its batch on the host would pass it
+    p.total_tokens = std::accumulate(seq_lens.begin(), seq_lens.end(), 0LL);
     p.kv_cache_dtype = c.kv_cache_dtype;
     if (c.kv_cache_dtype != CacheDType::kAuto) p.k_scale = p.v_scale = kFp8Scale;
     p.batch_invariant = c.batch_invariant;

@@ -123,6 +123,9 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
          "; GQA/MQA need num_heads % num_kv_heads == 0");
   s.num_kv_heads = p.num_kv_heads;
   if (p.max_seq_len < 0) fail(kInv, op, ": max_seq_len is ", p.max_seq_len, "; must be >= 0");
+  if (p.total_tokens < 0 || p.total_tokens > static_cast<long long>(s.num_seqs) * p.max_seq_len)
+    fail(kInv, op, ": total_tokens is ", p.total_tokens, "; must be in [0, num_seqs * max_seq_len = ",
+         static_cast<long long>(s.num_seqs) * p.max_seq_len, "] (0: unknown)");
   require_finite(p.scale, op, "scale");
   require_finite(p.k_scale, op, "k_scale");
   require_finite(p.v_scale, op, "v_scale");
