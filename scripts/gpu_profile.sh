@@ -17,7 +17,7 @@ trim="-DPAGEDATTN_HEAD_SIZES=${AB_HEAD_SIZES:-128} -DPAGEDATTN_DTYPES=${AB_DTYPE
 # shellcheck disable=SC2086
 cmake -S "$root" -B $dir -G Ninja -DCMAKE_BUILD_TYPE=Release -DPAGEDATTN_BUILD_TESTS=OFF $prefix $trim $args > "$out/configure.log" 2>&1 &&
   cmake --build $dir -j"$(nproc)" --target pagedattn-bench > "$out/build.log" 2>&1 || { echo "build failed"; tail -20 "$out/build.log"; exit 1; }
-ncu --clock-control none -k regex:paged_attention -c 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
+ncu --clock-control none -k regex:"${NCU_KERNELS:-paged_attention}" -c "${NCU_COUNT:-1}" --section SpeedOfLight --section Occupancy --section LaunchStats \
   --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
   $dir/tools/pagedattn-bench --backend cuda --no-check --warmup 0 --iters 1 --rotate-mib 64 "$@" > "$out/ncu.txt" 2>&1
 grep -E "L2 Fabric|lts__|Mem Busy|Max Bandwidth|Duration|Throughput|Registers Per|Shared Memory Config|Dynamic Shared|Achieved Occupancy|Theoretical Occupancy|Block Limit|Waves Per|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|Active Warps Per|Eligible Warps|Hit Rate|Stall|----- " "$out/ncu.txt" | grep -v "^ *$" | head -70
