@@ -368,35 +368,94 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-/// V2 reduce (and the auto path's merge): one CTA per (head, sequence).
+inline constexpr int kReduceThreads = 256;
+inline constexpr int kReduceWarps = kReduceThreads / 32;
+inline constexpr int kReduceChunk = 1024;  ///< partition weights staged in shared memory at a time
+inline constexpr int kReduceMaxDims = 256;  ///< largest head size (8 dims per lane)
+
+/// Block-wide max or sum of one float per thread, in a fixed order (deterministic).
+template <bool kMax>
+__device__ __forceinline__ float reduce_block(float v, float* scratch) {
+  v = kMax ? warp_max(v) : warp_sum(v);
+  const int warp = threadIdx.x / 32;
+  __syncthreads();  // scratch may still be read from a previous call
+  if (threadIdx.x % 32 == 0) scratch[warp] = v;
+  __syncthreads();
+  float r = scratch[0];
+#pragma unroll
+  for (int w = 1; w < kReduceWarps; ++w) r = kMax ? fmaxf(r, scratch[w]) : r + scratch[w];
+  return r;
+}
+
+/// V2 reduce (and the auto path's merge): one CTA per (head, sequence). Its cost is latency:
+/// the partitions are spread over the 8 warps (warp w takes partitions w, w+8, ...) and each
+/// lane keeps up to 8 head dims, so a sequence with 64 partitions needs 8 dependent rounds
+/// of loads instead of 64 (measured 36 us -> see docs/performance.md for batch 1 at 32k).
+/// The warps' sums are merged in a fixed order: bitwise deterministic.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) reduce_kernel(const __grid_constant__ ReduceKernelParams p) {
+__global__ void __launch_bounds__(kReduceThreads) reduce_kernel(const __grid_constant__ ReduceKernelParams p) {
   const int head = blockIdx.x;
   const int seq = blockIdx.y;
   const int seq_len = p.seq_lens[seq];
   // clamp: with unchecked data a seq_len beyond max_seq_len must not read past the workspace
   const int n = min(seq_len > 0 ? (seq_len + p.partition_size - 1) / p.partition_size : 0, p.num_launched);
   if (p.skip_single && n <= 1) return;  // written directly by the attention kernel
+  constexpr int kPerLane = kReduceMaxDims / 32;
+  __shared__ float scratch[kReduceWarps];
+  __shared__ float w_s[kReduceChunk];
+  __shared__ float acc_s[kReduceWarps][kReduceMaxDims];
   const int D = p.head_size;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
   const std::int64_t row = static_cast<std::int64_t>(seq) * p.num_heads + head;
-  T* out = static_cast<T*>(p.out) + row * D;
   const float* ml = p.max_logits + row * p.max_splits;
   const float* es = p.exp_sums + row * p.max_splits;
+
   float mx = -INFINITY;
-  for (int j = 0; j < n; ++j)
+  for (int j = threadIdx.x; j < n; j += kReduceThreads)
     if (es[j] > 0.0f) mx = fmaxf(mx, ml[j]);
-  float wsum = 0.0f;
-  for (int j = 0; j < n; ++j) wsum += es[j] > 0.0f ? es[j] * __expf(ml[j] - mx) : 0.0f;
-  const float inv = wsum > 0.0f ? 1.0f / wsum : 0.0f;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float o = 0.0f;
-    for (int j = 0; j < n; ++j) {
-      if (!(es[j] > 0.0f)) continue;
-      const float w = es[j] * __expf(ml[j] - mx);
-      const std::int64_t idx = (row * p.max_splits + j) * D + d;
-      const float v = p.tmp_out_f32 ? static_cast<const float*>(p.tmp_out)[idx] : to_float(static_cast<const T*>(p.tmp_out)[idx]);
-      o = fmaf(w, v, o);
+  mx = reduce_block<true>(mx, scratch);
+  float part_sum = 0.0f;
+  for (int j = threadIdx.x; j < n; j += kReduceThreads) part_sum += es[j] > 0.0f ? es[j] * __expf(ml[j] - mx) : 0.0f;
+  const float wsum = reduce_block<false>(part_sum, scratch);
+
+  float acc[kPerLane];
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) acc[i] = 0.0f;
+  for (int c0 = 0; c0 < n; c0 += kReduceChunk) {
+    const int cn = min(kReduceChunk, n - c0);
+    __syncthreads();  // w_s of the previous chunk is no longer read
+    for (int j = threadIdx.x; j < cn; j += kReduceThreads) {
+      const int jj = c0 + j;
+      w_s[j] = es[jj] > 0.0f ? es[jj] * __expf(ml[jj] - mx) : 0.0f;  // empty partitions may hold anything
     }
+    __syncthreads();
+#pragma unroll 4
+    for (int j = warp; j < cn; j += kReduceWarps) {
+      const float w = w_s[j];
+      if (w == 0.0f) continue;
+      const std::int64_t base = (row * p.max_splits + c0 + j) * D;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {
+        const int d = lane + 32 * i;
+        if (d < D) {
+          const float v = p.tmp_out_f32 ? static_cast<const float*>(p.tmp_out)[base + d]
+                                        : to_float(static_cast<const T*>(p.tmp_out)[base + d]);
+          acc[i] = fmaf(w, v, acc[i]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i)
+    if (lane + 32 * i < D) acc_s[warp][lane + 32 * i] = acc[i];
+  __syncthreads();
+  const float inv = wsum > 0.0f ? 1.0f / wsum : 0.0f;
+  T* out = static_cast<T*>(p.out) + row * D;
+  for (int d = threadIdx.x; d < D; d += kReduceThreads) {
+    float o = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kReduceWarps; ++w) o += acc_s[w][d];
     out[d] = from_float<T>(o * inv);
   }
 }

@@ -8,15 +8,17 @@
 //   S^T[16 tokens x 8 heads]  = K[16 tokens x d] . Q^T[d x 8 heads]
 //   O^T[16 dims x 8 heads]   += V^T[16 dims x 16 tokens] . P^T[16 tokens x 8 heads]
 // The reduction index of each product may be permuted freely as long as both operands use
-// the same permutation; it is chosen so every thread copies whole 16-byte vectors of the
-// cache layouts ([.., head_size/x, block_size, x] keys, [.., head_size, block_size] values)
-// that are, unchanged, its own fragments. The copies go through a per-warp cp.async ring in
-// shared memory (three half-tile slots, issued three half-tiles ahead), so the loads of the
-// next tiles are in flight while one is computed:
-//   keys:   lane (r = lane/4, q = lane%4) loads chunk 4*kb + q (E consecutive dims) of
+// the same permutation; it is chosen so every fragment register holds a whole 16-byte
+// vector of the cache layouts ([.., head_size/x, block_size, x] keys, [.., head_size,
+// block_size] values), unchanged. K and V go through a per-warp cp.async ring in shared
+// memory (three half-tile slots, issued three half-tiles ahead), so the loads of the next
+// tiles are in flight while one is computed:
+//   keys:   lane (r = lane/4, q = lane%4) reads chunk 4*kb + q (E consecutive dims) of
 //           tokens r and r+8; mma k-step s of that 4E-dim block uses elements 4s..4s+3.
-//   values: lane loads 8 consecutive tokens 8q..8q+7 of dims r and r+8; k-step s (16
-//           tokens) uses tokens 8q+4s..8q+4s+3.
+//           They are copied lane-per-token (whole 512-byte runs of a page; copying each
+//           lane's own fragments, 128-byte runs, measured 3-9 points slower).
+//   values: lane copies and reads 8 consecutive tokens 8q..8q+7 of dims r and r+8; k-step
+//           s (16 tokens) uses tokens 8q+4s..8q+4s+3.
 // fp8 caches are converted to the mma's 16-bit type after the load (hardware pair
 // conversions; exact). Probabilities go through shared memory once per tile to change
 // from the S^T accumulator layout to the P^T operand layout.
@@ -27,20 +29,6 @@
 #include "cuda/attention_kernel.cuh"
 
 namespace pagedattn::detail::cuda {
-
-// A/B switches (1: that copy bypasses L1 with cp.async.cg); see common.cuh's cp_async.
-#ifndef PAGEDATTN_RING_K_CG
-#define PAGEDATTN_RING_K_CG 0
-#endif
-#ifndef PAGEDATTN_RING_V_CG
-#define PAGEDATTN_RING_V_CG 0
-#endif
-// A/B switch: 1 = keys copied lane-per-token (512 contiguous bytes per copy instruction,
-// a bank swizzle in the slot, a __syncwarp before the fragments are read); 0 = each lane
-// copies its own fragments (four 128-byte runs per copy instruction).
-#ifndef PAGEDATTN_MMA_K_BY_TOKEN
-#define PAGEDATTN_MMA_K_BY_TOKEN 1
-#endif
 
 inline constexpr int kMmaHeads = 8;  ///< query heads per CTA on the tensor-core path
 
@@ -187,23 +175,15 @@ __global__ void __launch_bounds__(kThreads)
 
   // K and V stream through a per-warp ring of three shared-memory slots filled by cp.async,
   // issued three half-tiles ahead of use (keys of tile i, its values, keys of tile i+1, ...).
-  // Every entry is copied and read by the same lane (the fragment mapping above), so a
-  // lane waits only for its own copies.
+  // Values are copied by the lane whose fragments they are (it waits only for its own
+  // copies); keys are copied lane-per-token for whole 512-byte runs, into a bank-swizzled
+  // slot, and read after a __syncwarp.
   static_assert(Tr::kSlots == 3, "the issue order below assumes three slots");
   unsigned char* ring = reinterpret_cast<unsigned char*>(smem4) + Tr::kRingOffset + warp * Tr::kSlots * Tr::kSlotBytes;
   auto slot = [&](int h) { return ring + (h % Tr::kSlots) * Tr::kSlotBytes; };
   constexpr int kStride = kWarps * kTile;
   const int first = start + warp * kTile;
   const int ntiles = first < end ? (end - first + kStride - 1) / kStride : 0;
-  // heads 2q, 2q+1 attending logical block lb (bits 0, 1) and whether any active head of the
-  // CTA does (bit 2)
-  auto head_bits = [&](int lb) -> unsigned {
-    if (!p.sparse) return ((active_heads >> (2 * q)) & 3u) | 4u;
-    unsigned bits = 0u;
-    for (int h = 0; h < nh; ++h)
-      if (sparse_attended(p, seq_len, head0 + h, kv_head, lb * bs)) bits |= 4u | ((h >> 1) == q ? 1u << (h & 1) : 0u);
-    return bits;
-  };
   // all active heads of the CTA attending logical block lb (bit h: head h)
   auto head_mask = [&](int lb) -> unsigned {
     if (!p.sparse) return active_heads;
@@ -212,84 +192,48 @@ __global__ void __launch_bounds__(kThreads)
       if (sparse_attended(p, seq_len, head0 + h, kv_head, lb * bs)) mask |= 1u << h;
     return mask;
   };
-  constexpr bool kKByToken = PAGEDATTN_MMA_K_BY_TOKEN;
   struct TileState {
-    int page[4];    // cache block of token mt*16 + r + 8*hf (index 2*mt + hf)
-    unsigned bits;  // head_bits of those tokens, 3 bits each (0 past the split)
+    int tpage;       // cache block of token `lane` of the tile (keys are copied lane-per-token)
+    unsigned tmask;  // head_mask of it (0 past the split)
+    // the fragment lanes' view, derived by shuffles once the block-table read has landed:
+    unsigned bits;  // tokens mt*16 + r + 8*hf (k = 2*mt + hf), 3 bits each: heads 2q, 2q+1 (bits
+                    // 0, 1) and any active head (bit 2); 0 past the split
     int vpage;      // cache block of tokens 8q..8q+7; -1: past the split or no head attends it
-    int tpage;      // key copies lane-per-token: cache block of token `lane` of the tile
-    unsigned tmask;  // and head_mask of it (0 past the split)
   };
-  auto tile_state = [&](int i) {
-    TileState st{{0, 0, 0, 0}, 0u, -1, 0, 0u};
-    const int t0 = first + i * kStride;
-    if constexpr (kKByToken) {  // one block-table read per lane; the rest by shuffles (derive)
-      const int t = t0 + lane;
-      if (t < end) {
-        const int lb = t >> p.block_shift;
-        st.tpage = bt[lb];
-        st.tmask = head_mask(lb);
-      }
-      return st;
+  auto tile_state = [&](int i) {  // one block-table read per lane
+    TileState st{0, 0u, 0u, -1};
+    const int t = first + i * kStride + lane;
+    if (t < end) {
+      const int lb = t >> p.block_shift;
+      st.tpage = bt[lb];
+      st.tmask = head_mask(lb);
     }
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const int t = t0 + (k >> 1) * 16 + r + 8 * (k & 1);
-      if (t < end) {
-        const int lb = t >> p.block_shift;
-        st.page[k] = bt[lb];
-        st.bits |= head_bits(lb) << (3 * k);
-      }
-    }
-    const int vt = t0 + 8 * q;
-    if (vt < end && (head_bits(vt >> p.block_shift) & 4u)) st.vpage = bt[vt >> p.block_shift];
     return st;
   };
   // Lane-per-token state -> the fragment lanes' view (after the block-table read has landed).
   auto derive = [&](TileState& st) {
-    if constexpr (kKByToken) {
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const unsigned m = __shfl_sync(0xffffffffu, st.tmask, (k >> 1) * 16 + r + 8 * (k & 1));
-        st.bits |= (((m >> (2 * q)) & 3u) | (m != 0u ? 4u : 0u)) << (3 * k);
-      }
-      const unsigned vm = __shfl_sync(0xffffffffu, st.tmask, 8 * q);
-      const int vp = __shfl_sync(0xffffffffu, st.tpage, 8 * q);
-      st.vpage = vm != 0u ? vp : -1;
+    for (int k = 0; k < 4; ++k) {
+      const unsigned m = __shfl_sync(0xffffffffu, st.tmask, (k >> 1) * 16 + r + 8 * (k & 1));
+      st.bits |= (((m >> (2 * q)) & 3u) | (m != 0u ? 4u : 0u)) << (3 * k);
     }
+    const unsigned vm = __shfl_sync(0xffffffffu, st.tmask, 8 * q);
+    const int vp = __shfl_sync(0xffffffffu, st.tpage, 8 * q);
+    st.vpage = vm != 0u ? vp : -1;
   };
   // key slot entry of (chunk, token of the tile); swizzled when copied lane-per-token so the
   // fragment reads (8 lanes: 2 tokens x 4 chunks) hit 8 different banks
-  auto key_entry = [&](int chunk, int tok) {
-    if constexpr (kKByToken) return chunk * 32 + (tok ^ ((chunk & 3) << 1));
-    return 0;  // unused
-  };
+  auto key_entry = [&](int chunk, int tok) { return chunk * 32 + (tok ^ ((chunk & 3) << 1)); };
+  // keys: lane = token, 16 bytes per chunk, so one copy instruction reads 512 contiguous bytes
+  // (two 256-byte runs with 16-token blocks)
   auto issue_keys = [&](int i, const TileState& st) {
     uint4* dst = reinterpret_cast<uint4*>(slot(2 * i));
-    const int t0 = first + i * kStride;
-    if constexpr (kKByToken) {
-      if (st.tmask != 0u) {
-        const int t = t0 + lane;
-        const CacheT* kp = kbase + static_cast<std::int64_t>(st.tpage) * p.k_block_stride + (t & (bs - 1)) * kE;
+    if (st.tmask != 0u) {
+      const int t = first + i * kStride + lane;
+      const CacheT* kp = kbase + static_cast<std::int64_t>(st.tpage) * p.k_block_stride + (t & (bs - 1)) * kE;
 #pragma unroll
-        for (int c = 0; c < Tr::kChunks; ++c)
-          cp_async<16, PAGEDATTN_RING_K_CG>(dst + key_entry(c, lane), kp + static_cast<std::int64_t>(c) * bs * kE, true);
-      }
-      cp_async_commit();
-      return;
-    }
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      if (!((st.bits >> (3 * k + 2)) & 1u)) continue;
-      const int t = t0 + (k >> 1) * 16 + r + 8 * (k & 1);
-      const CacheT* kp = kbase + static_cast<std::int64_t>(st.page[k]) * p.k_block_stride + (t & (bs - 1)) * kE;
-#pragma unroll
-      for (int kb = 0; kb < Tr::kKBlocks; ++kb) {
-        const int chunk = kb * 4 + q;
-        if (chunk < Tr::kChunks)
-          cp_async<16, PAGEDATTN_RING_K_CG>(dst + (((k >> 1) * Tr::kKBlocks + kb) * 2 + (k & 1)) * 32 + lane,
-                                            kp + static_cast<std::int64_t>(chunk) * bs * kE, true);
-      }
+      for (int c = 0; c < Tr::kChunks; ++c)
+        cp_async<16>(dst + key_entry(c, lane), kp + static_cast<std::int64_t>(c) * bs * kE, true);
     }
     cp_async_commit();
   };
@@ -304,7 +248,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int hf = 0; hf < 2; ++hf) {
           const int d = 16 * t + r + 8 * hf;
           if (d < D)
-            cp_async<Tr::kVBytes, PAGEDATTN_RING_V_CG && Tr::kVBytes == 16>(dst + ((2 * t + hf) * 32 + lane) * Tr::kVBytes,
+            cp_async<Tr::kVBytes>(dst + ((2 * t + hf) * 32 + lane) * Tr::kVBytes,
                                                      vp + static_cast<std::int64_t>(d) * bs, true);
         }
     }
@@ -321,7 +265,7 @@ __global__ void __launch_bounds__(kThreads)
     const TileState st2 = tile_state(i + 2);  // block table read two tiles ahead of its use (derived at the end)
     const int t0 = first + i * kStride;
     cp_async_wait<Tr::kSlots - 1>();  // keys of tile i
-    if constexpr (kKByToken) __syncwarp();  // copied by other lanes
+    __syncwarp();  // keys were copied by other lanes
     // ---- S^T = K . Q^T
     const uint4* ks = reinterpret_cast<const uint4*>(slot(2 * i));
     float sacc[2][4];
@@ -337,8 +281,7 @@ __global__ void __launch_bounds__(kThreads)
           raw[kb][hf][0] = raw[kb][hf][1] = raw[kb][hf][2] = raw[kb][hf][3] = 0u;
           // chunks not copied stay zero: padding dims meet zero queries, and a stale NaN would not
           if (chunk < Tr::kChunks && ((st0.bits >> (3 * (2 * mt + hf) + 2)) & 1u)) {
-            const uint4 w = kKByToken ? ks[key_entry(chunk, mt * 16 + r + 8 * hf)]
-                                      : ks[((mt * Tr::kKBlocks + kb) * 2 + hf) * 32 + lane];
+            const uint4 w = ks[key_entry(chunk, mt * 16 + r + 8 * hf)];
             raw[kb][hf][0] = w.x;
             raw[kb][hf][1] = w.y;
             raw[kb][hf][2] = w.z;

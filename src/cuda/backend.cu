@@ -90,9 +90,9 @@ void launch_reduce(const PagedAttentionParams& p, const AttentionShape& s, const
   r.skip_single = skip_single ? 1 : 0;
   const dim3 grid(static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.num_seqs));
   switch (s.dtype) {
-    case DType::kFloat16: reduce_kernel<__half><<<grid, kThreads, 0, stream>>>(r); break;
-    case DType::kBFloat16: reduce_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(r); break;
-    default: reduce_kernel<float><<<grid, kThreads, 0, stream>>>(r); break;
+    case DType::kFloat16: reduce_kernel<__half><<<grid, kReduceThreads, 0, stream>>>(r); break;
+    case DType::kBFloat16: reduce_kernel<__nv_bfloat16><<<grid, kReduceThreads, 0, stream>>>(r); break;
+    default: reduce_kernel<float><<<grid, kReduceThreads, 0, stream>>>(r); break;
   }
   check_launch("reduce_kernel launch");
 }

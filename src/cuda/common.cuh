@@ -124,16 +124,12 @@ __device__ __forceinline__ void load_words(const void* p, std::uint32_t* w) {
 /// Copies go through L1 (.ca): measured on the H100, the L1-bypassing form (.cg) of the
 /// same 16-byte copies made about twice the L2 requests per DRAM sector (L2 hit rate 47%
 /// instead of 1%) and lost 10-20% of the bandwidth (docs/performance.md, v0.3).
-template <int BYTES, bool BYPASS_L1 = false>
+template <int BYTES>
 __device__ __forceinline__ void cp_async(void* smem, const void* gmem, bool valid) {
   static_assert(BYTES == 8 || BYTES == 16, "cp.async of 8 or 16 bytes");
-  static_assert(!BYPASS_L1 || BYTES == 16, "cp.async.cg copies 16 bytes");
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  if constexpr (BYPASS_L1)
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0) : "memory");
-  else
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(gmem), "n"(BYTES), "r"(valid ? BYTES : 0)
-                 : "memory");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(gmem), "n"(BYTES), "r"(valid ? BYTES : 0)
+               : "memory");
 }
 /// Closes the copies issued since the last commit into one group (possibly empty).
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
