@@ -50,8 +50,8 @@ struct PagedAttentionParams {
   /// engine's scheduler does). 0 = unknown: the planner assumes every sequence is
   /// max_seq_len long. With a batch of mixed lengths the hint lets it choose finer splits so
   /// the long sequences do not leave SMs idle; it never affects correctness (any seq_lens up
-  /// to max_seq_len are handled by any plan). The workspace size depends on it: query
-  /// paged_attention_workspace_size with the same value. Must be <= num_seqs * max_seq_len.
+  /// to max_seq_len are handled by any plan) and not the workspace size. Must be <= num_seqs *
+  /// max_seq_len.
   long long total_tokens = 0;
   /// cudaStream_t to run on (nullptr: the legacy default stream). Ignored on the CPU.
   void* stream = nullptr;
@@ -74,8 +74,8 @@ void paged_attention_v1(const PagedAttentionParams& p);
 void paged_attention_v2(const PagedAttentionParams& p, const V2Workspace& ws);
 
 /// Bytes of workspace the `paged_attention` (auto) entry point needs for `p`. Depends only on
-/// the shapes, max_seq_len, the total_tokens hint and the device (its SM count), never on the
-/// data, so a buffer
+/// the shapes, max_seq_len and the device (its SM count), never on the data, the
+/// total_tokens hint or batch_invariant, so a buffer
 /// sized once can be reused for every call of that shape, including under CUDA graph capture.
 std::size_t paged_attention_workspace_size(const PagedAttentionParams& p);
 

@@ -88,7 +88,8 @@ SplitPlan plan_splits(const PagedAttentionParams& p, const AttentionShape& s, co
   //    so what counts is the busiest SM: ceil(CTAs / SMs) x (tokens per CTA + fixed cost);
   //  - mixed lengths (total_tokens hint below num_seqs x max_seq_len): CTAs of different
   //    sizes are scheduled greedily, so the makespan is about the average SM load plus one
-  //    CTA: (all tokens + fixed cost x CTAs) / SMs + tokens per CTA.
+  //    CTA: (all tokens + fixed cost x CTAs) / SMs + tokens per CTA; partitions of at least
+  //    512 tokens, so the workspace (sized without the hint) always holds the plan.
   // A split adds the reduce. The plan depends only on shapes, max_seq_len, the hint and the
   // device, never on the data, so the workspace size is fixed for a shape and the call is
   // safe under CUDA graph capture. Measured against fixed plans in docs/performance.md.
@@ -115,6 +116,7 @@ SplitPlan plan_splits(const PagedAttentionParams& p, const AttentionShape& s, co
     const long long splits = (max_len + part - 1) / part;
     if (splits != n) continue;  // this count is not reachable with 32-token partitions
     long long cost;
+    if (mixed && part < kPartitionSize) continue;  // the workspace reserves SPEC's partitions at most
     if (mixed) {  // expected CTAs: every sequence rounds its last partition up by half a CTA
       const long long ctas = heads * (total / part + (splits > 1 ? s.num_seqs / 2 : s.num_seqs));
       cost = (heads * total + ctas * kCtaCost) / sms + part + kCtaCost;

@@ -114,6 +114,23 @@ void check_all_paths(const HostProblem& h) {
   paged_attention(d.params, auto_ws.get(), bytes);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   EXPECT_TRUE(close(d.out_values(h), want, tol, H, D, "auto"));
+
+  // auto with the planner's length hint (a mixed batch may plan finer splits) and in
+  // batch-invariant mode: same workspace size, same results
+  const auto* lens = static_cast<const std::int32_t*>(h.params.seq_lens.data);
+  long long total = 0;
+  for (int s = 0; s < h.cfg.num_seqs; ++s) total += lens[s];
+  for (int mode = 0; mode < 2; ++mode) {
+    PagedAttentionParams q = d.params;
+    if (mode == 0) q.total_tokens = total;
+    else q.batch_invariant = true;
+    const char* what = mode == 0 ? "auto with total_tokens" : "auto batch-invariant";
+    EXPECT_EQ(paged_attention_workspace_size(q), bytes) << what;
+    d.poison_out(h);
+    paged_attention(q, auto_ws.get(), bytes);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_TRUE(close(d.out_values(h), want, tol, H, D, what));
+  }
 }
 
 const char* dtype_tag(DType t) { return t == DType::kFloat32 ? "f32" : t == DType::kFloat16 ? "f16" : "bf16"; }
