@@ -29,6 +29,15 @@ void require_defined(const TensorView& t, const char* op, const char* name) {
     fail(kInv, op, ": ", name, " is missing (null data pointer)");
 }
 
+/// The dtype of a query/key-like tensor: float32, float16 or bfloat16.
+DType require_float_dtype(const TensorView& t, const char* op, const char* name) {
+  const DType d = t.dtype;
+  if (d != DType::kFloat32 && d != DType::kFloat16 && d != DType::kBFloat16)
+    fail(ErrorCode::kUnsupported, op, ": unsupported ", name, " dtype ", dtype_name(d),
+         "; supported: float32, float16, bfloat16");
+  return d;
+}
+
 void require_ndim(const TensorView& t, const char* op, const char* name, int ndim, const char* layout) {
   if (t.ndim != ndim)
     fail(kInv, op, ": ", name, " must have ", ndim, " dimensions ", layout, "; got ", t.ndim, " dimensions ",
@@ -91,10 +100,7 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
 
   // query / out
   require_ndim(p.query, op, "query", 3, "[num_seqs, num_heads, head_size]");
-  const DType t = p.query.dtype;
-  if (t != DType::kFloat32 && t != DType::kFloat16 && t != DType::kBFloat16)
-    fail(ErrorCode::kUnsupported, op, ": unsupported query dtype ", dtype_name(t),
-         "; supported: float32, float16, bfloat16");
+  const DType t = require_float_dtype(p.query, op, "query");
   s.dtype = t;
   s.num_seqs = static_cast<int>(p.query.shape[0]);
   s.num_heads = static_cast<int>(p.query.shape[1]);
@@ -289,10 +295,7 @@ CacheShape validate_reshape_and_cache(const ReshapeAndCacheParams& p) {
   require_defined(p.value_cache, op, "value_cache");
   require_defined(p.slot_mapping, op, "slot_mapping");
   require_ndim(p.key, op, "key", 3, "[num_tokens, num_kv_heads, head_size]");
-  const DType t = p.key.dtype;
-  if (t != DType::kFloat32 && t != DType::kFloat16 && t != DType::kBFloat16)
-    fail(ErrorCode::kUnsupported, op, ": unsupported key dtype ", dtype_name(t),
-         "; supported: float32, float16, bfloat16");
+  const DType t = require_float_dtype(p.key, op, "key");
   s.dtype = t;
   s.device = p.key.device;
   s.num_tokens = p.key.shape[0];
