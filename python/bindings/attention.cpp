@@ -117,9 +117,12 @@ void bind_attention(nb::module_& m) {
 
   auto auto_ = [](Array out, ArrayRO q, ArrayRO kc, ArrayRO vc, int nkv, double scale, ArrayRO bt, ArrayRO sl, int bs,
                   int msl, std::optional<ArrayRO> alibi, std::string kvd, double ks, double vs, int tp, int bsl,
-                  int bsv, int bsb, int bss, bool checked, std::uintptr_t stream, std::optional<Array> workspace) {
-    const PagedAttentionParams p = make_params(
+                  int bsv, int bsb, int bss, bool checked, std::uintptr_t stream, std::optional<Array> workspace,
+                  long long total_tokens, bool batch_invariant) {
+    PagedAttentionParams p = make_params(
         out, {q, kc, vc, nkv, scale, bt, sl, bs, msl, alibi, kvd, ks, vs, tp, bsl, bsv, bsb, bss, checked, stream});
+    p.total_tokens = total_tokens;
+    p.batch_invariant = batch_invariant;
     void* ws = nullptr;
     std::size_t ws_bytes = 0;
     if (workspace) {
@@ -130,7 +133,8 @@ void bind_attention(nb::module_& m) {
     paged_attention(p, ws, ws_bytes);
   };
   def_with(m, "paged_attention", auto_, "Auto (V1/V2/split) paged attention; writes `out` in place.",
-           attention_args(nb::arg("out")), nb::arg("workspace").none());
+           attention_args(nb::arg("out")), nb::arg("workspace").none(), nb::arg("total_tokens"),
+           nb::arg("batch_invariant"));
 
   m.def("v2_max_num_partitions", &v2_max_num_partitions, nb::arg("max_seq_len"),
         "ceil(max_seq_len / 512), at least 1.");

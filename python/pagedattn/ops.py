@@ -71,12 +71,16 @@ def workspace_size(out, query, key_cache, value_cache, num_kv_heads, scale, bloc
 def paged_attention(out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens, block_size,
                     max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank=0,
                     blocksparse_local_blocks=0, blocksparse_vert_stride=0, blocksparse_block_size=64,
-                    blocksparse_head_sliding_step=0, *, workspace=None, checked=False, stream=None):
+                    blocksparse_head_sliding_step=0, *, workspace=None, checked=False, stream=None,
+                    total_tokens=0, batch_invariant=False):
     """Auto: the library picks V1, V2 or its split path for the shape.
 
     ``workspace``: a 1-D byte buffer on ``out``'s device of at least :func:`workspace_size` bytes,
     256-byte aligned. When omitted it is allocated per call with ``out``'s framework (torch, CuPy,
-    NumPy); pass one under CUDA graph capture or in a hot loop."""
+    NumPy); pass one under CUDA graph capture or in a hot loop. ``total_tokens``: optional sum of
+    ``seq_lens`` known on the host; lets the split planner balance a mixed-length batch (0 =
+    unknown; never changes the result or the workspace size). ``batch_invariant``: fixed
+    512-token splits, so a sequence's output bits do not depend on its batch-mates."""
     args = (dl(out), dl(query), dl(key_cache), dl(value_cache), num_kv_heads, scale, dl(block_tables),
             dl(seq_lens), block_size, max_seq_len, dl(alibi_slopes), kv_cache_dtype, scalar(k_scale),
             scalar(v_scale), tp_rank, blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
@@ -89,7 +93,7 @@ def paged_attention(out, query, key_cache, value_cache, num_kv_heads, scale, blo
                               blocksparse_head_sliding_step)
         if need > 0:
             workspace = empty_bytes_like(out, need)
-    _C.paged_attention(*args, dl(workspace))
+    _C.paged_attention(*args, dl(workspace), int(total_tokens), bool(batch_invariant))
 
 
 def v2_workspace_shapes(num_seqs, num_heads, head_size, max_seq_len):

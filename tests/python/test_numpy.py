@@ -54,6 +54,21 @@ def test_auto_with_and_without_workspace(rng):
     np.testing.assert_array_equal(out2, out)
 
 
+def test_auto_planner_hint_and_batch_invariant_mode(rng):
+    c = Case(rng, [5, 600, 1300], head_size=64)
+    base = c.out()
+    pagedattn.paged_attention(base, *c.args())
+    total = int(sum(c.seq_lens))
+    for kwargs in ({"total_tokens": total}, {"batch_invariant": True}, {"total_tokens": total, "batch_invariant": True}):
+        out = c.out()
+        pagedattn.paged_attention(out, *c.args(), **kwargs)
+        np.testing.assert_allclose(out, c.reference(), atol=2e-5, rtol=1e-4)
+    # the hint is validated: at most num_seqs * max_seq_len, never negative
+    for bad in (-1, c.num_seqs * c.max_seq_len + 1):
+        with pytest.raises(pagedattn.PagedAttnError, match=f"total_tokens is {bad}"):
+            pagedattn.paged_attention(c.out(), *c.args(), total_tokens=bad)
+
+
 def test_block_sparse_keyword_arguments(rng):
     # vert_stride 1 = dense: the keyword path must reach the library and change nothing.
     c = Case(rng, [70, 3])
