@@ -1,6 +1,4 @@
 // CUDA backend entry points for attention: V1, V2 (partition + reduce) and auto.
-#include <algorithm>
-
 #include "core/backend.h"
 #include "core/check.h"
 #include "cuda/attention_kernel.cuh"
@@ -136,15 +134,11 @@ struct AutoLayout {
 std::size_t align256(std::size_t v) { return (v + 255) / 256 * 256; }
 AutoLayout auto_layout(const PagedAttentionParams& p, const AttentionShape& s, const KernelChoice& kc) {
   AutoLayout a{};
-  a.plan = plan_splits(p, s, kc);
-  // The size reserves the larger of the plan without the total_tokens hint and SPEC's
-  // 512-token partitions (the most a hinted or batch-invariant plan uses), so it depends only
-  // on shapes and max_seq_len: one buffer serves every hint and mode of a shape.
-  PagedAttentionParams plain = p;
-  plain.total_tokens = 0;
-  plain.batch_invariant = false;
-  const int reserved = std::max({a.plan.num_splits, plan_splits(plain, s, kc).num_splits,
-                                 v2_max_num_partitions(p.max_seq_len)});
+  const SplitInputs in = split_inputs(p, s, kc);
+  a.plan = plan_splits(in);
+  // sized without the total_tokens hint and batch_invariant: one buffer serves every hint and
+  // mode of a shape (reserved_splits >= the plan's splits)
+  const int reserved = reserved_splits(in);
   if (reserved <= 1) return a;
   const std::size_t rows = static_cast<std::size_t>(s.num_seqs) * s.num_heads * reserved;
   a.exp_sums_off = 0;

@@ -78,60 +78,17 @@ KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& 
   return k;
 }
 
-SplitPlan plan_splits(const PagedAttentionParams& p, const AttentionShape& s, const KernelChoice& k) {
-  // Splits along the sequence so the (sequence, kv head, head tile, split) grid keeps every
-  // SM streaming to the end. For each candidate split count (32-token partitions) a cost in
-  // token units is modelled and the cheapest wins, fewer splits on ties:
-  //  - uniform lengths, fewer base CTAs than SMs: the CTAs are latency-bound, so fill the
-  //    resident slots: waves x (tokens per CTA + fixed cost), waves = ceil(CTAs / slots);
-  //  - uniform lengths, at least one base CTA per SM: the SMs share the memory bandwidth,
-  //    so what counts is the busiest SM: ceil(CTAs / SMs) x (tokens per CTA + fixed cost);
-  //  - mixed lengths (total_tokens hint below num_seqs x max_seq_len): CTAs of different
-  //    sizes are scheduled greedily, so the makespan is about the average SM load plus one
-  //    CTA: (all tokens + fixed cost x CTAs) / SMs + tokens per CTA; partitions of at least
-  //    512 tokens, so the workspace (sized without the hint) always holds the plan.
-  // A split adds the reduce. The plan depends only on shapes, max_seq_len, the hint and the
-  // device, never on the data, so the workspace size is fixed for a shape and the call is
-  // safe under CUDA graph capture. Measured against fixed plans in docs/performance.md.
-  constexpr int kMinPartition = 128;   // 4 tiles: one per warp
-  constexpr long long kCtaCost = 96;   // fixed cost of a CTA (query load, merge, partial write) in tokens
-  constexpr int kMaxSplits = 256;
-  const long long heads = static_cast<long long>(s.num_kv_heads) * k.head_tiles;
-  const long long base = s.num_seqs * heads;
-  const long long sms = sm_count(s.device.index);
-  const long long slots = sms * k.ctas_per_sm;
-  const long long max_len = p.max_seq_len;
-  if (p.batch_invariant) {  // the same partitions for a sequence whatever its batch-mates
-    const int parts = v2_max_num_partitions(p.max_seq_len);
-    return parts <= 1 ? SplitPlan{1 << 30, 1} : SplitPlan{kPartitionSize, parts};
-  }
-  if (max_len <= kMinPartition || base <= 0) return {1 << 30, 1};
-  const long long total = p.total_tokens;
-  const bool mixed = total > 0 && total < s.num_seqs * max_len;
-  const long long most = std::min<long long>(kMaxSplits, (max_len + kMinPartition - 1) / kMinPartition);
-  long long best_cost = -1;
-  SplitPlan best{1 << 30, 1};
-  for (long long n = 1; n <= most; ++n) {
-    const long long part = ((max_len + n - 1) / n + 31) / 32 * 32;
-    const long long splits = (max_len + part - 1) / part;
-    if (splits != n) continue;  // this count is not reachable with 32-token partitions
-    long long cost;
-    if (mixed && part < kPartitionSize) continue;  // the workspace reserves SPEC's partitions at most
-    if (mixed) {  // expected CTAs: every sequence rounds its last partition up by half a CTA
-      const long long ctas = heads * (total / part + (splits > 1 ? s.num_seqs / 2 : s.num_seqs));
-      cost = (heads * total + ctas * kCtaCost) / sms + part + kCtaCost;
-    } else if (base < sms) {
-      cost = (base * splits + slots - 1) / slots * (part + kCtaCost);
-    } else {
-      cost = (base * splits + sms - 1) / sms * (part + kCtaCost);
-    }
-    if (splits > 1) cost += kCtaCost;  // the reduce
-    if (best_cost < 0 || cost < best_cost) {
-      best_cost = cost;
-      best = splits == 1 ? SplitPlan{1 << 30, 1} : SplitPlan{static_cast<int>(part), static_cast<int>(splits)};
-    }
-  }
-  return best;
+SplitInputs split_inputs(const PagedAttentionParams& p, const AttentionShape& s, const KernelChoice& k) {
+  SplitInputs in;
+  in.num_seqs = s.num_seqs;
+  in.num_kv_heads = s.num_kv_heads;
+  in.head_tiles = k.head_tiles;
+  in.max_seq_len = p.max_seq_len;
+  in.total_tokens = p.total_tokens;
+  in.batch_invariant = p.batch_invariant;
+  in.sm_count = sm_count(s.device.index);
+  in.ctas_per_sm = k.ctas_per_sm;
+  return in;
 }
 
 }  // namespace pagedattn::detail::cuda

@@ -4,6 +4,7 @@
 
 #include <cuda_runtime.h>
 
+#include "core/split_plan.h"
 #include "core/validate.h"
 #include "cuda/kernel_params.h"
 #include "pagedattn/attention.h"
@@ -26,8 +27,9 @@ struct AttentionInstance {
   int (*mma_ctas_per_sm)();
 };
 
-/// Which kernel runs a call: the tensor-core one where it exists and pays (GQA groups of 2
-/// or more, or any fp8 cache), else the CUDA-core one with `heads` query heads per CTA.
+/// Which kernel runs a call: the tensor-core one where it is built and measured faster (GQA
+/// groups above 4, fp8 caches with groups of 2 or more), else the CUDA-core one with `heads`
+/// query heads per CTA.
 struct KernelChoice {
   const AttentionInstance* inst;
   bool mma;
@@ -51,11 +53,8 @@ void launch_attention_mma(const AttentionKernelParams& kp, dim3 grid, cudaStream
 template <typename T, int C, int D>
 int attention_mma_ctas_per_sm();
 
-/// The auto path's split plan: tokens per split and the number of splits launched.
-struct SplitPlan {
-  int partition_size;  ///< multiple of 32
-  int num_splits;      ///< gridDim.z
-};
-SplitPlan plan_splits(const PagedAttentionParams& p, const AttentionShape& s, const KernelChoice& k);
+/// The split planner's inputs for a call on the CUDA backend (the SM count of its device and
+/// the occupancy of the chosen kernel); the plan itself is core/split_plan.h.
+SplitInputs split_inputs(const PagedAttentionParams& p, const AttentionShape& s, const KernelChoice& k);
 
 }  // namespace pagedattn::detail::cuda

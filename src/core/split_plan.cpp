@@ -1,0 +1,73 @@
+#include "core/split_plan.h"
+
+#include <algorithm>
+
+#include "pagedattn/attention.h"
+
+namespace pagedattn::detail {
+
+SplitPlan plan_splits(const SplitInputs& in) {
+  // Splits along the sequence so the (sequence, kv head, head tile, split) grid keeps every
+  // SM streaming to the end. For each candidate split count (32-token partitions) a cost in
+  // token units is modelled and the cheapest wins, fewer splits on ties:
+  //  - uniform lengths, fewer base CTAs than SMs: the CTAs are latency-bound, so fill the
+  //    resident slots: waves x (tokens per CTA + fixed cost), waves = ceil(CTAs / slots);
+  //  - uniform lengths, at least one base CTA per SM: the SMs share the memory bandwidth,
+  //    so what counts is the busiest SM: ceil(CTAs / SMs) x (tokens per CTA + fixed cost);
+  //  - mixed lengths (total_tokens hint below num_seqs x max_seq_len): CTAs of different
+  //    sizes are scheduled greedily, so the makespan is about the average SM load plus one
+  //    CTA: (all tokens + fixed cost x CTAs) / SMs + tokens per CTA; partitions of at least
+  //    512 tokens, so the workspace (sized without the hint) always holds the plan.
+  // A split adds the reduce. The plan depends only on shapes, max_seq_len, the hint and the
+  // device, never on the data, so the workspace size is fixed for a shape and the call is
+  // safe under CUDA graph capture. Measured against fixed plans in docs/performance.md.
+  constexpr int kMinPartition = 128;  // 4 tiles: one per warp
+  constexpr long long kCtaCost = 96;  // fixed cost of a CTA (query load, merge, partial write) in tokens
+  constexpr int kMaxSplits = 256;
+  constexpr SplitPlan kOnePass{1 << 30, 1};
+  const long long heads = static_cast<long long>(in.num_kv_heads) * in.head_tiles;
+  const long long base = in.num_seqs * heads;
+  const long long sms = std::max(in.sm_count, 1);
+  const long long slots = sms * std::max(in.ctas_per_sm, 1);
+  const long long max_len = in.max_seq_len;
+  if (in.batch_invariant) {  // the same partitions for a sequence whatever its batch-mates
+    const int parts = v2_max_num_partitions(in.max_seq_len);
+    return parts <= 1 ? kOnePass : SplitPlan{kPartitionSize, parts};
+  }
+  if (max_len <= kMinPartition || base <= 0) return kOnePass;
+  const long long total = in.total_tokens;
+  const bool mixed = total > 0 && total < in.num_seqs * max_len;
+  const long long most = std::min<long long>(kMaxSplits, (max_len + kMinPartition - 1) / kMinPartition);
+  long long best_cost = -1;
+  SplitPlan best = kOnePass;
+  for (long long n = 1; n <= most; ++n) {
+    const long long part = ((max_len + n - 1) / n + 31) / 32 * 32;
+    const long long splits = (max_len + part - 1) / part;
+    if (splits != n) continue;                      // not reachable with 32-token partitions
+    if (mixed && part < kPartitionSize) continue;  // the workspace reserves SPEC's partitions at most
+    long long cost;
+    if (mixed) {  // expected CTAs: every sequence rounds its last partition up by half a CTA
+      const long long ctas = heads * (total / part + (splits > 1 ? in.num_seqs / 2 : in.num_seqs));
+      cost = (heads * total + ctas * kCtaCost) / sms + part + kCtaCost;
+    } else if (base < sms) {
+      cost = (base * splits + slots - 1) / slots * (part + kCtaCost);
+    } else {
+      cost = (base * splits + sms - 1) / sms * (part + kCtaCost);
+    }
+    if (splits > 1) cost += kCtaCost;  // the reduce
+    if (best_cost < 0 || cost < best_cost) {
+      best_cost = cost;
+      best = splits == 1 ? kOnePass : SplitPlan{static_cast<int>(part), static_cast<int>(splits)};
+    }
+  }
+  return best;
+}
+
+int reserved_splits(const SplitInputs& in) {
+  SplitInputs plain = in;
+  plain.total_tokens = 0;
+  plain.batch_invariant = false;
+  return std::max({plan_splits(in).num_splits, plan_splits(plain).num_splits, v2_max_num_partitions(in.max_seq_len)});
+}
+
+}  // namespace pagedattn::detail

@@ -1,0 +1,33 @@
+// The auto path's split planner: how many splits (and of how many tokens) one call's
+// sequences are cut into. A pure function of the call's shape and the device's size, so
+// it is unit-tested on any machine; the CUDA launch layer feeds it the SM count and the
+// chosen kernel's occupancy.
+#pragma once
+
+namespace pagedattn::detail {
+
+struct SplitInputs {
+  int num_seqs = 0;
+  int num_kv_heads = 0;
+  int head_tiles = 1;        ///< CTAs along one kv head's GQA group
+  int max_seq_len = 0;
+  long long total_tokens = 0;  ///< PagedAttentionParams::total_tokens (0: unknown)
+  bool batch_invariant = false;
+  int sm_count = 0;
+  int ctas_per_sm = 1;       ///< resident CTAs of the chosen kernel per SM
+};
+
+struct SplitPlan {
+  int partition_size;  ///< tokens per split, a multiple of 32 (2^30: one split)
+  int num_splits;      ///< splits launched (gridDim.z)
+};
+
+/// The plan with the lowest modelled cost (see split_plan.cpp); deterministic.
+SplitPlan plan_splits(const SplitInputs& in);
+
+/// Splits the auto workspace holds: the larger of the plan without the total_tokens hint
+/// (and without batch_invariant) and SPEC's 512-token partitions. Independent of the hint
+/// and of batch_invariant, and never below plan_splits(in).num_splits.
+int reserved_splits(const SplitInputs& in);
+
+}  // namespace pagedattn::detail
