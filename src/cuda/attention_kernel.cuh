@@ -72,6 +72,72 @@ __device__ __forceinline__ bool sparse_attended(const AttentionKernelParams& p, 
   return (kb + off) % p.sparse_vert_stride == 0;
 }
 
+/// What one CTA of either attention kernel computes: grid (kv head x head tiles of H query
+/// heads, sequence, split).
+struct CtaWork {
+  int seq, split, kv_head, head0;
+  int nh;  ///< active query heads (the last tile of a group may be partial)
+  int seq_len, start, end;
+  bool empty;           ///< the split lies past the sequence: nothing to do
+  bool write_partials;  ///< V2, or a split of a sequence that has several
+};
+
+template <int H>
+__device__ __forceinline__ CtaWork cta_work(const AttentionKernelParams& p) {
+  CtaWork w;
+  w.seq = blockIdx.y;
+  w.split = blockIdx.z;
+  w.kv_head = blockIdx.x / p.head_tiles;
+  const int tile_idx = blockIdx.x % p.head_tiles;
+  w.head0 = w.kv_head * p.group_size + tile_idx * H;
+  w.nh = min(H, p.group_size - tile_idx * H);
+  w.seq_len = p.seq_lens[w.seq];
+  w.start = w.split * p.partition_size;
+  const int num_splits = w.seq_len > 0 ? (w.seq_len + p.partition_size - 1) / p.partition_size : 1;
+  w.empty = w.split >= num_splits;
+  w.end = min(w.start + p.partition_size, w.seq_len);
+  w.write_partials = p.always_partials || num_splits > 1;
+  return w;
+}
+
+/// Last step of either attention kernel: merges the kWarps warps' results in a fixed order
+/// (deterministic) and writes `out`, or the split's partials (max logit, exp sum, normalised
+/// output). red_acc [kWarps][H][D] holds each warp's accumulator already rescaled to the
+/// CTA-wide max; red_m / red_l [kWarps][H] each warp's running max and sum.
+template <typename T, int H, int D>
+__device__ __forceinline__ void write_merged(const AttentionKernelParams& p, const CtaWork& w, const float* red_acc,
+                                             const float* red_m, const float* red_l) {
+  const std::int64_t row0 = static_cast<std::int64_t>(w.seq) * p.num_heads + w.head0;
+  for (int i = threadIdx.x; i < w.nh * D; i += kThreads) {
+    const int h = i / D;
+    const int d = i % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < kWarps; ++k) mx = fmaxf(mx, red_m[k * H + h]);
+    float sum_l = 0.0f, o = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kWarps; ++k) {
+      const float mk = red_m[k * H + h];
+      sum_l += mk == -INFINITY ? 0.0f : red_l[k * H + h] * __expf(mk - mx);
+      o += red_acc[(k * H + h) * D + d];
+    }
+    o = sum_l > 0.0f ? o / sum_l * p.v_scale : 0.0f;
+    if (!w.write_partials) {
+      static_cast<T*>(p.out)[(row0 + h) * D + d] = from_float<T>(o);
+    } else {
+      const std::int64_t prow = (row0 + h) * p.max_splits + w.split;
+      if (d == 0) {
+        p.max_logits[prow] = mx;
+        p.exp_sums[prow] = sum_l;
+      }
+      if (p.tmp_out_f32)
+        static_cast<float*>(p.tmp_out)[prow * D + d] = o;
+      else
+        static_cast<T*>(p.tmp_out)[prow * D + d] = from_float<T>(o);
+    }
+  }
+}
+
 template <typename T, CacheKind C, int D, int HPC>
 __global__ void __launch_bounds__(kThreads)
     paged_attention_kernel(const __grid_constant__ AttentionKernelParams p) {
@@ -80,18 +146,10 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kX = Tr::kX;
   constexpr int kND = Tr::kND;
 
-  const int seq = blockIdx.y;
-  const int split = blockIdx.z;
-  const int kv_head = blockIdx.x / p.head_tiles;
-  const int tile_idx = blockIdx.x % p.head_tiles;
-  const int head0 = kv_head * p.group_size + tile_idx * HPC;
-  const int nh = min(HPC, p.group_size - tile_idx * HPC);  // active query heads in this CTA
-  const int seq_len = p.seq_lens[seq];
-  const int start = split * p.partition_size;
-  const int num_splits = seq_len > 0 ? (seq_len + p.partition_size - 1) / p.partition_size : 1;
-  if (split >= num_splits) return;
-  const int end = min(start + p.partition_size, seq_len);
-  const bool write_partials = p.always_partials || num_splits > 1;
+  const CtaWork work = cta_work<HPC>(p);
+  if (work.empty) return;
+  const int seq = work.seq, kv_head = work.kv_head, head0 = work.head0, nh = work.nh;
+  const int seq_len = work.seq_len, start = work.start, end = work.end;
 
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
@@ -135,29 +193,6 @@ __global__ void __launch_bounds__(kThreads)
     for (int h = 0; h < HPC; ++h)
       if (h < nh && sparse_attended(p, seq_len, head0 + h, kv_head, lblock * bs)) mask |= 1u << h;
     return mask;
-  };
-  // QK for the lane's token from its key chunks; `chunk(c)` yields the 16 raw bytes of chunk c.
-  auto qk = [&](float (&s)[HPC], auto&& chunk) {
-#pragma unroll
-    for (int c = 0; c < Tr::kKChunks; ++c) {
-      const uint4 w = chunk(c);
-      const std::uint32_t raw[4] = {w.x, w.y, w.z, w.w};
-      float kf[kX];
-      Decoder<T, C, kX>::run(raw, kf);
-#pragma unroll
-      for (int h = 0; h < HPC; ++h) {
-        const float4* qv = reinterpret_cast<const float4*>(q_s + h * D + c * kX);
-#pragma unroll
-        for (int e = 0; e < kX / 4; ++e) {
-          if (c * kX + 4 * e >= D) break;  // padding of a partial last chunk (compile time)
-          const float4 qq = qv[e];
-          s[h] = fmaf(qq.x, kf[4 * e], s[h]);
-          s[h] = fmaf(qq.y, kf[4 * e + 1], s[h]);
-          s[h] = fmaf(qq.z, kf[4 * e + 2], s[h]);
-          s[h] = fmaf(qq.w, kf[4 * e + 3], s[h]);
-        }
-      }
-    }
   };
   // Online-softmax step of one tile: new running max per head, probabilities to my_p, the
   // rescale factor of the accumulators in alpha.
@@ -207,105 +242,103 @@ __global__ void __launch_bounds__(kThreads)
     }
   };
 
-  {
-    int* my_pg = reinterpret_cast<int*>(p_s + kWarps * HPC * kTile) + warp * kTile;  // [kWarps][kTile] page ids
-    for (int t0 = start + warp * kTile; t0 < end; t0 += kWarps * kTile) {
-      // ---- which tokens of the tile count, for which heads
-      const int t = t0 + lane;
-      const bool in_range = t < end;
-      const int lblock = t >> p.block_shift;
-      int page = 0;
-      unsigned head_mask = 0;  // bit h: head h attends token t
-      if (in_range) {
-        page = bt[lblock];
-        head_mask = attend_mask(lblock);
-      }
-      if (!__any_sync(0xffffffffu, head_mask != 0)) continue;  // tile fully masked
-      my_pg[lane] = head_mask != 0 ? page : -1;
-      __syncwarp();
+  int* my_pg = reinterpret_cast<int*>(p_s + kWarps * HPC * kTile) + warp * kTile;  // [kWarps][kTile] page ids
+  for (int t0 = start + warp * kTile; t0 < end; t0 += kWarps * kTile) {
+    // ---- which tokens of the tile count, for which heads
+    const int t = t0 + lane;
+    const bool in_range = t < end;
+    const int lblock = t >> p.block_shift;
+    int page = 0;
+    unsigned head_mask = 0;  // bit h: head h attends token t
+    if (in_range) {
+      page = bt[lblock];
+      head_mask = attend_mask(lblock);
+    }
+    if (!__any_sync(0xffffffffu, head_mask != 0)) continue;  // tile fully masked
+    my_pg[lane] = head_mask != 0 ? page : -1;
+    __syncwarp();
 
-      // Value vectors of this tile for this lane's head dimensions: vector j holds x tokens
-      // of dimension d. Pages no head attends stay zero (not loaded); so do tokens past the
-      // split when a whole vector lies beyond it.
-      auto load_values = [&](std::uint32_t (&raw)[kND][4], int j) {
-        const int tj = t0 + j * kX;
-        const int pg0 = my_pg[j * kX];
-        const int pg1 = (kX > 8 && bs == 8) ? my_pg[j * kX + 8] : pg0;  // fp8 with 8-token blocks spans two pages
+    // Value vectors of this tile for this lane's head dimensions: vector j holds x tokens
+    // of dimension d. Pages no head attends stay zero (not loaded); so do tokens past the
+    // split when a whole vector lies beyond it.
+    auto load_values = [&](std::uint32_t (&raw)[kND][4], int j) {
+      const int tj = t0 + j * kX;
+      const int pg0 = my_pg[j * kX];
+      const int pg1 = (kX > 8 && bs == 8) ? my_pg[j * kX + 8] : pg0;  // fp8 with 8-token blocks spans two pages
 #pragma unroll
-        for (int i = 0; i < kND; ++i) {
-          const int d = lane + 32 * i;
-          raw[i][0] = raw[i][1] = raw[i][2] = raw[i][3] = 0u;
-          if (tj >= end || (pg0 < 0 && pg1 < 0) || !(D % 32 == 0 || d < D)) continue;
-          if (kX <= 8 || bs >= 16) {
-            load_words<16>(vbase + static_cast<std::int64_t>(pg0) * p.v_block_stride + static_cast<std::int64_t>(d) * bs +
-                               (tj & (bs - 1)),
-                           raw[i]);
-          } else {  // 16 fp8 tokens from two 8-token pages
-            if (pg0 >= 0)
-              load_words<8>(vbase + static_cast<std::int64_t>(pg0) * p.v_block_stride + static_cast<std::int64_t>(d) * 8,
-                            raw[i]);
-            if (pg1 >= 0 && end - tj > 8)
-              load_words<8>(vbase + static_cast<std::int64_t>(pg1) * p.v_block_stride + static_cast<std::int64_t>(d) * 8,
-                            raw[i] + 2);
-          }
+      for (int i = 0; i < kND; ++i) {
+        const int d = lane + 32 * i;
+        raw[i][0] = raw[i][1] = raw[i][2] = raw[i][3] = 0u;
+        if (tj >= end || (pg0 < 0 && pg1 < 0) || !(D % 32 == 0 || d < D)) continue;
+        if (kX <= 8 || bs >= 16) {
+          load_words<16>(vbase + static_cast<std::int64_t>(pg0) * p.v_block_stride + static_cast<std::int64_t>(d) * bs +
+                             (tj & (bs - 1)),
+                         raw[i]);
+        } else {  // 16 fp8 tokens from two 8-token pages
+          if (pg0 >= 0)
+            load_words<8>(vbase + static_cast<std::int64_t>(pg0) * p.v_block_stride + static_cast<std::int64_t>(d) * 8,
+                          raw[i]);
+          if (pg1 >= 0 && end - tj > 8)
+            load_words<8>(vbase + static_cast<std::int64_t>(pg1) * p.v_block_stride + static_cast<std::int64_t>(d) * 8,
+                          raw[i] + 2);
         }
-      };
-      // With registers to spare, every value load of the tile is issued before the key math,
-      // so one memory latency per tile is exposed instead of two.
-      std::uint32_t vraw[Tr::kPrefetchV ? Tr::kVChunks : 1][kND][4];
-      if constexpr (Tr::kPrefetchV) {
-#pragma unroll
-        for (int j = 0; j < Tr::kVChunks; ++j) load_values(vraw[j], j);
       }
+    };
+    // With registers to spare, every value load of the tile is issued before the key math,
+    // so one memory latency per tile is exposed instead of two.
+    std::uint32_t vraw[Tr::kPrefetchV ? Tr::kVChunks : 1][kND][4];
+    if constexpr (Tr::kPrefetchV) {
+#pragma unroll
+      for (int j = 0; j < Tr::kVChunks; ++j) load_values(vraw[j], j);
+    }
 
-      // ---- QK: lane = token
-      float s[HPC];
+    // ---- QK: lane = token
+    float s[HPC];
 #pragma unroll
-      for (int h = 0; h < HPC; ++h) s[h] = 0.0f;
-      if (head_mask != 0) {
-        const CacheT* kp = kbase + static_cast<std::int64_t>(page) * p.k_block_stride + (t & (bs - 1)) * kX;
+    for (int h = 0; h < HPC; ++h) s[h] = 0.0f;
+    if (head_mask != 0) {
+      const CacheT* kp = kbase + static_cast<std::int64_t>(page) * p.k_block_stride + (t & (bs - 1)) * kX;
 #pragma unroll
-        for (int c0 = 0; c0 < Tr::kKChunks; c0 += Tr::kKGroup) {
-          std::uint32_t raw[Tr::kKGroup][4];
+      for (int c0 = 0; c0 < Tr::kKChunks; c0 += Tr::kKGroup) {
+        std::uint32_t raw[Tr::kKGroup][4];
 #pragma unroll
-          for (int c = 0; c < Tr::kKGroup; ++c) load_words<16>(kp + static_cast<std::int64_t>(c0 + c) * bs * kX, raw[c]);
+        for (int c = 0; c < Tr::kKGroup; ++c) load_words<16>(kp + static_cast<std::int64_t>(c0 + c) * bs * kX, raw[c]);
 #pragma unroll
-          for (int c = 0; c < Tr::kKGroup; ++c) {
-            float kf[kX];
-            Decoder<T, C, kX>::run(raw[c], kf);
+        for (int c = 0; c < Tr::kKGroup; ++c) {
+          float kf[kX];
+          Decoder<T, C, kX>::run(raw[c], kf);
 #pragma unroll
-            for (int h = 0; h < HPC; ++h) {
-              const float4* qv = reinterpret_cast<const float4*>(q_s + h * D + (c0 + c) * kX);
+          for (int h = 0; h < HPC; ++h) {
+            const float4* qv = reinterpret_cast<const float4*>(q_s + h * D + (c0 + c) * kX);
 #pragma unroll
-              for (int e = 0; e < kX / 4; ++e) {
-                if ((c0 + c) * kX + 4 * e >= D) break;  // padding of a partial last chunk (compile time)
-                const float4 qq = qv[e];
-                s[h] = fmaf(qq.x, kf[4 * e], s[h]);
-                s[h] = fmaf(qq.y, kf[4 * e + 1], s[h]);
-                s[h] = fmaf(qq.z, kf[4 * e + 2], s[h]);
-                s[h] = fmaf(qq.w, kf[4 * e + 3], s[h]);
-              }
+            for (int e = 0; e < kX / 4; ++e) {
+              if ((c0 + c) * kX + 4 * e >= D) break;  // padding of a partial last chunk (compile time)
+              const float4 qq = qv[e];
+              s[h] = fmaf(qq.x, kf[4 * e], s[h]);
+              s[h] = fmaf(qq.y, kf[4 * e + 1], s[h]);
+              s[h] = fmaf(qq.z, kf[4 * e + 2], s[h]);
+              s[h] = fmaf(qq.w, kf[4 * e + 3], s[h]);
             }
           }
         }
       }
-      float alpha[HPC];
-      softmax(s, head_mask, t, alpha);
-
-      // ---- PV: lane = head dimension
-#pragma unroll
-      for (int j = 0; j < Tr::kVChunks; ++j) {
-        const int tj = t0 + j * kX;  // first token of this value vector
-        if (tj >= end) break;
-        if constexpr (!Tr::kPrefetchV) {
-          if (my_pg[j * kX] < 0 && my_pg[j * kX + (kX > 8 && bs == 8 ? 8 : 0)] < 0) continue;
-          load_values(vraw[0], j);
-        }
-#pragma unroll
-        for (int i = 0; i < kND; ++i) pv(vraw[Tr::kPrefetchV ? j : 0][i], i, j, end - tj);
-      }
-      __syncwarp();
     }
+    float alpha[HPC];
+    softmax(s, head_mask, t, alpha);
+
+    // ---- PV: lane = head dimension
+#pragma unroll
+    for (int j = 0; j < Tr::kVChunks; ++j) {
+      const int tj = t0 + j * kX;  // first token of this value vector
+      if (tj >= end) break;
+      if constexpr (!Tr::kPrefetchV) {
+        if (my_pg[j * kX] < 0 && my_pg[j * kX + (kX > 8 && bs == 8 ? 8 : 0)] < 0) continue;
+        load_values(vraw[0], j);
+      }
+#pragma unroll
+      for (int i = 0; i < kND; ++i) pv(vraw[Tr::kPrefetchV ? j : 0][i], i, j, end - tj);
+    }
+    __syncwarp();
   }
 
   // ---- merge the warps (fixed order: deterministic)
@@ -337,35 +370,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  const std::int64_t row0 = static_cast<std::int64_t>(seq) * p.num_heads + head0;
-  for (int i = tid; i < nh * D; i += kThreads) {
-    const int h = i / D;
-    const int d = i % D;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_m[w * HPC + h]);
-    float sum_l = 0.0f, o = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float mw = red_m[w * HPC + h];
-      sum_l += mw == -INFINITY ? 0.0f : red_l[w * HPC + h] * __expf(mw - mx);
-      o += red_acc[(w * HPC + h) * D + d];
-    }
-    o = sum_l > 0.0f ? o / sum_l * p.v_scale : 0.0f;
-    if (!write_partials) {
-      static_cast<T*>(p.out)[(row0 + h) * D + d] = from_float<T>(o);
-    } else {
-      const std::int64_t prow = (row0 + h) * p.max_splits + split;
-      if (d == 0) {
-        p.max_logits[prow] = mx;
-        p.exp_sums[prow] = sum_l;
-      }
-      if (p.tmp_out_f32)
-        static_cast<float*>(p.tmp_out)[prow * D + d] = o;
-      else
-        static_cast<T*>(p.tmp_out)[prow * D + d] = from_float<T>(o);
-    }
-  }
+  write_merged<T, HPC, D>(p, work, red_acc, red_m, red_l);
 }
 
 inline constexpr int kReduceThreads = 256;

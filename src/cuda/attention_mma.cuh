@@ -30,7 +30,6 @@
 
 namespace pagedattn::detail::cuda {
 
-inline constexpr int kMmaHeads = 8;  ///< query heads per CTA on the tensor-core path
 
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
@@ -111,18 +110,10 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kE = Tr::kE;
   constexpr int H = kMmaHeads;
 
-  const int seq = blockIdx.y;
-  const int split = blockIdx.z;
-  const int kv_head = blockIdx.x / p.head_tiles;
-  const int tile_idx = blockIdx.x % p.head_tiles;
-  const int head0 = kv_head * p.group_size + tile_idx * H;
-  const int nh = min(H, p.group_size - tile_idx * H);
-  const int seq_len = p.seq_lens[seq];
-  const int start = split * p.partition_size;
-  const int num_splits = seq_len > 0 ? (seq_len + p.partition_size - 1) / p.partition_size : 1;
-  if (split >= num_splits) return;
-  const int end = min(start + p.partition_size, seq_len);
-  const bool write_partials = p.always_partials || num_splits > 1;
+  const CtaWork work = cta_work<H>(p);
+  if (work.empty) return;
+  const int seq = work.seq, kv_head = work.kv_head, head0 = work.head0, nh = work.nh;
+  const int seq_len = work.seq_len, start = work.start, end = work.end;
 
   extern __shared__ float4 smem4[];
   float* q_s = reinterpret_cast<float*>(smem4);  // [H][D] unscaled queries (exact in T)
@@ -460,35 +451,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   __syncthreads();
 
-  const std::int64_t row0 = static_cast<std::int64_t>(seq) * p.num_heads + head0;
-  for (int i = tid; i < nh * D; i += kThreads) {
-    const int h = i / D;
-    const int d = i % D;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_m[w * H + h]);
-    float sum_l = 0.0f, acc = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float mw = red_m[w * H + h];
-      sum_l += mw == -INFINITY ? 0.0f : red_l[w * H + h] * __expf(mw - mx);
-      acc += red_acc[(w * H + h) * D + d];
-    }
-    const float out = sum_l > 0.0f ? acc / sum_l * p.v_scale : 0.0f;
-    if (!write_partials) {
-      static_cast<T*>(p.out)[(row0 + h) * D + d] = from_float<T>(out);
-    } else {
-      const std::int64_t prow = (row0 + h) * p.max_splits + split;
-      if (d == 0) {
-        p.max_logits[prow] = mx;
-        p.exp_sums[prow] = sum_l;
-      }
-      if (p.tmp_out_f32)
-        static_cast<float*>(p.tmp_out)[prow * D + d] = out;
-      else
-        static_cast<T*>(p.tmp_out)[prow * D + d] = from_float<T>(out);
-    }
-  }
+  write_merged<T, H, D>(p, work, red_acc, red_m, red_l);
 }
 
 }  // namespace pagedattn::detail::cuda

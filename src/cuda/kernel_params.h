@@ -6,6 +6,10 @@
 
 namespace pagedattn::detail::cuda {
 
+/// Query heads per CTA on the tensor-core path (the mma n dimension); the launcher sizes
+/// the grid with it.
+inline constexpr int kMmaHeads = 8;
+
 struct AttentionKernelParams {
   // ---- inputs
   const void* query;          ///< [num_seqs, num_heads, head_size] T; row stride q_stride

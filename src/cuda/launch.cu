@@ -17,8 +17,6 @@
 
 namespace pagedattn::detail::cuda {
 
-inline constexpr int kMmaHeadsPerCta = 8;  // attention_mma.cuh's kMmaHeads
-
 namespace {
 
 const AttentionInstance kInstances[] = {
@@ -72,7 +70,7 @@ KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& 
   // groups up to 4 stay on the CUDA-core kernel, which reads them at 91-102% of copy.
   const bool fp8 = p.kv_cache_dtype != CacheDType::kAuto;
   k.mma = PAGEDATTN_TENSOR_CORES && k.inst->launch_mma != nullptr && (group > 4 || (fp8 && group >= 2));
-  k.heads = k.mma ? kMmaHeadsPerCta : heads_per_cta(group);
+  k.heads = k.mma ? kMmaHeads : heads_per_cta(group);
   k.head_tiles = (group + k.heads - 1) / k.heads;
   k.ctas_per_sm = k.mma ? k.inst->mma_ctas_per_sm() : k.inst->ctas_per_sm(k.heads);
   return k;
