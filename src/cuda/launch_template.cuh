@@ -2,6 +2,8 @@
 // instance translation units.
 #pragma once
 
+#include <mutex>
+
 #include "cuda/attention_kernel.cuh"
 #include "cuda/attention_mma.cuh"
 #include "cuda/launch.h"
@@ -12,43 +14,63 @@
 
 namespace pagedattn::detail::cuda {
 
-/// Sets a kernel's shared-memory attributes once (before its first launch or occupancy
-/// query: without them the occupancy of a CTA over 48 KB reads as zero). The ring kernels
-/// need the largest shared-memory carveout to keep two or more CTAs per SM.
+inline constexpr int kMaxDevices = 64;
+
+/// Runs `make` once per CUDA device (the current one) and caches its result: function
+/// attributes and occupancy belong to a device, and devices may differ.
+template <typename V, typename F>
+V once_per_device(std::once_flag (&once)[kMaxDevices], V (&value)[kMaxDevices], F&& make) {
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev < 0 || dev >= kMaxDevices) return make();
+  std::call_once(once[dev], [&] { value[dev] = make(); });
+  return value[dev];
+}
+
+/// Sets a kernel's shared-memory attributes on the current device, once (before its first
+/// launch or occupancy query: without them the occupancy of a CTA over 48 KB reads as zero).
+/// The ring kernels need the largest shared-memory carveout to keep two CTAs per SM.
 template <auto Kernel, int kSmemBytes>
 void prepare_kernel() {
   if constexpr (kSmemBytes > 48 * 1024) {
-    static const cudaError_t raised = [] {
-      const cudaError_t e = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-      return e != cudaSuccess ? e
+    static std::once_flag once[kMaxDevices];
+    static cudaError_t result[kMaxDevices];
+    const cudaError_t e = once_per_device(once, result, [] {
+      const cudaError_t r = cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+      return r != cudaSuccess ? r
                               : cudaFuncSetAttribute(Kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
                                                      cudaSharedmemCarveoutMaxShared);
-    }();
-    check_cuda(raised, "cudaFuncSetAttribute(MaxDynamicSharedMemorySize / carveout)");
+    });
+    check_cuda(e, "cudaFuncSetAttribute(MaxDynamicSharedMemorySize / carveout)");
   }
 }
 
-/// CTAs of Kernel resident per SM with kSmemBytes of dynamic shared memory (at least 1).
+/// CTAs of Kernel resident per SM of the current device (at least 1).
 template <auto Kernel, int kSmemBytes>
 int resident_ctas() {
-  static const int ctas = [] {
+  static std::once_flag once[kMaxDevices];
+  static int ctas[kMaxDevices];
+  return once_per_device(once, ctas, [] {
     prepare_kernel<Kernel, kSmemBytes>();
     int n = 0;
     check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, Kernel, kThreads, kSmemBytes),
                "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
     return n > 0 ? n : 1;
-  }();
-  return ctas;
+  });
+}
+
+template <auto Kernel, int kSmemBytes>
+void launch_kernel(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream, const char* name) {
+  prepare_kernel<Kernel, kSmemBytes>();
+  Kernel<<<grid, kThreads, kSmemBytes, stream>>>(kp);
+  check_launch(name);
 }
 
 template <typename T, int C, int D, int HPC>
 void launch_one(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
   constexpr CacheKind kind = static_cast<CacheKind>(C);
-  constexpr auto kernel = paged_attention_kernel<T, kind, D, HPC>;
-  constexpr int smem = AttentionTraits<T, kind, D, HPC>::kSmemBytes;
-  prepare_kernel<kernel, smem>();
-  kernel<<<grid, kThreads, smem, stream>>>(kp);
-  check_launch("paged_attention_kernel launch");
+  launch_kernel<paged_attention_kernel<T, kind, D, HPC>, AttentionTraits<T, kind, D, HPC>::kSmemBytes>(
+      kp, grid, stream, "paged_attention_kernel launch");
 }
 
 template <typename T, int C, int D, int HPC>
@@ -60,11 +82,8 @@ int occupancy_one() {
 template <typename T, int C, int D>
 void launch_attention_mma(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
   constexpr CacheKind kind = static_cast<CacheKind>(C);
-  constexpr auto kernel = paged_attention_mma_kernel<T, kind, D>;
-  constexpr int smem = MmaTraits<T, kind, D>::kSmemBytes;
-  prepare_kernel<kernel, smem>();
-  kernel<<<grid, kThreads, smem, stream>>>(kp);
-  check_launch("paged_attention_mma_kernel launch");
+  launch_kernel<paged_attention_mma_kernel<T, kind, D>, MmaTraits<T, kind, D>::kSmemBytes>(
+      kp, grid, stream, "paged_attention_mma_kernel launch");
 }
 
 template <typename T, int C, int D>
