@@ -63,11 +63,18 @@ SplitPlan plan_splits(const SplitInputs& in) {
   return best;
 }
 
-int reserved_splits(const SplitInputs& in) {
-  SplitInputs plain = in;
-  plain.total_tokens = 0;
-  plain.batch_invariant = false;
-  return std::max({plan_splits(in).num_splits, plan_splits(plain).num_splits, v2_max_num_partitions(in.max_seq_len)});
+int reserved_splits(const SplitInputs& in, const SplitPlan& plan) {
+  // A hinted plan has partitions of at least 512 tokens and a batch-invariant one exactly
+  // 512, so both fit in SPEC's partition count; the plan without either is `plan` itself
+  // unless one of them was given.
+  int unhinted = plan.num_splits;
+  if (in.total_tokens != 0 || in.batch_invariant) {
+    SplitInputs plain = in;
+    plain.total_tokens = 0;
+    plain.batch_invariant = false;
+    unhinted = plan_splits(plain).num_splits;
+  }
+  return std::max(unhinted, v2_max_num_partitions(in.max_seq_len));
 }
 
 }  // namespace pagedattn::detail

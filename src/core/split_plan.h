@@ -25,9 +25,10 @@ struct SplitPlan {
 /// The plan with the lowest modelled cost (see split_plan.cpp); deterministic.
 SplitPlan plan_splits(const SplitInputs& in);
 
-/// Splits the auto workspace holds: the larger of the plan without the total_tokens hint
-/// (and without batch_invariant) and SPEC's 512-token partitions. Independent of the hint
-/// and of batch_invariant, and never below plan_splits(in).num_splits.
-int reserved_splits(const SplitInputs& in);
+/// Splits the auto workspace holds, given plan = plan_splits(in): the larger of the plan
+/// without the total_tokens hint (and without batch_invariant) and SPEC's 512-token
+/// partitions. Independent of the hint and of batch_invariant, and never below
+/// plan.num_splits (tests/core/test_split_plan.cpp checks both).
+int reserved_splits(const SplitInputs& in, const SplitPlan& plan);
 
 }  // namespace pagedattn::detail

@@ -138,7 +138,7 @@ AutoLayout auto_layout(const PagedAttentionParams& p, const AttentionShape& s, c
   a.plan = plan_splits(in);
   // sized without the total_tokens hint and batch_invariant: one buffer serves every hint and
   // mode of a shape (reserved_splits >= the plan's splits)
-  const int reserved = reserved_splits(in);
+  const int reserved = reserved_splits(in, a.plan);
   if (reserved <= 1) return a;
   const std::size_t rows = static_cast<std::size_t>(s.num_seqs) * s.num_heads * reserved;
   a.exp_sums_off = 0;

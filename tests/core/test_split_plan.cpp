@@ -47,12 +47,12 @@ void expect_valid(const SplitInputs& in) {
     // the planner's own plans stop at 256 splits; batch-invariant plans are SPEC's partitions
     EXPECT_LE(plan.num_splits, in.batch_invariant ? v2_max_num_partitions(in.max_seq_len) : 256);
   }
-  const int reserved = reserved_splits(in);
+  const int reserved = reserved_splits(in, plan);
   EXPECT_GE(reserved, plan.num_splits) << "the workspace must hold the plan";
   SplitInputs other = in;  // the workspace size depends on neither the hint nor the mode
   other.total_tokens = 0;
   other.batch_invariant = !in.batch_invariant;
-  EXPECT_EQ(reserved_splits(other), reserved);
+  EXPECT_EQ(reserved_splits(other, plan_splits(other)), reserved);
   EXPECT_EQ(plan_splits(in).num_splits, plan.num_splits) << "deterministic";
 }
 
