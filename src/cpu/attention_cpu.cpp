@@ -195,7 +195,9 @@ void v2_impl(const Call& c, const V2Workspace& ws) {
       const int seq = static_cast<int>(r / s.num_heads);
       const int len = c.seq_lens[seq];
       auto* o = out + r * D;
-      const int np = (len + kPartitionSize - 1) / kPartitionSize;
+      // step 1 wrote at most `parts` partitions: with unchecked data a seq_len beyond
+      // max_seq_len must not index past the workspace (the CUDA reduce clamps the same way)
+      const int np = std::min((len + kPartitionSize - 1) / kPartitionSize, parts);
       if (np == 1) {  // one partition: its normalised output is the answer
         const auto* src = tmp_out + r * P * D;
         std::copy(src, src + D, o);

@@ -280,6 +280,27 @@ TEST(CpuAttention, EmptySequencesGiveZeros) {
   for (double v : pb.out_values()) ASSERT_EQ(v, 0.0);
 }
 
+// Unchecked data with a seq_len beyond max_seq_len: V2's workspace holds only
+// ceil(max_seq_len / 512) partitions, so the sequence is cut to those (as on CUDA) and
+// nothing is read or written past the workspace.
+TEST(CpuAttention, V2ClampsSeqLenBeyondWorkspace) {
+  PAGEDATTN_TEST_RNG(rng);
+  ProblemConfig c;
+  c.dtype = DType::kFloat32;
+  c.num_seqs = 2;
+  c.seq_lens = {1200, 300};
+  c.checked = false;
+  HostProblem pb = build_problem(c, rng);
+  auto* lens = static_cast<std::int32_t*>(pb.params.seq_lens.data);
+  lens[0] = 2 * kPartitionSize;  // what two partitions cover
+  const std::vector<double> want = ref::attention(pb.params);
+  lens[0] = 1200;
+  pb.params.max_seq_len = 600;  // room for 2 partitions; the first sequence needs 3
+  auto ws = pb.make_workspace();
+  paged_attention_v2(pb.params, ws.views());
+  EXPECT_EQ(compare(pb.out_values(), want, out_tol(c.dtype, vmax_of(c), false), "v2 clamped", c.head_size), 0);
+}
+
 // The backend carries two copies of its kernel (AVX2 + F16C, chosen at run time, and
 // baseline x86-64; PAGEDATTN_CPU_KERNEL=generic forces the latter). They must agree bit for
 // bit: same float32 operations in the same order. On a CPU without AVX2 both runs take the
