@@ -4,6 +4,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -80,7 +81,8 @@ void bind_block_manager(nb::module_& m) {
             const int width = max_blocks_per_seq ? *max_blocks_per_seq : bm.max_blocks(seqs);
             std::int32_t* bt = nullptr;
             std::int32_t* sl = nullptr;
-            auto tables = owned_array<std::int32_t>({seqs.size(), static_cast<size_t>(width)}, bt);
+            // a negative width is reported by fill_block_tables, not by the allocation
+            auto tables = owned_array<std::int32_t>({seqs.size(), static_cast<size_t>(std::max(width, 0))}, bt);
             auto lens = owned_array<std::int32_t>({seqs.size()}, sl);
             bm.fill_block_tables(seqs, width, bt, sl, pad);
             return nb::make_tuple(tables, lens);

@@ -261,6 +261,9 @@ def test_block_manager_errors_are_exceptions():
     assert bm.num_free_blocks == 2
     with pytest.raises(pagedattn.PagedAttnError):
         bm.free(42)
+    bm.allocate(1, 20)
+    with pytest.raises(pagedattn.PagedAttnError, match="max_blocks_per_seq is -1"):
+        bm.block_tables([1], -1)
 
 
 def test_overhead_tool_runs():
