@@ -24,7 +24,7 @@ def parse_args(argv):
     ap.add_argument("--out", default="bench.png", help="PNG to write (default: bench.png)")
     ap.add_argument("--algo", help="comma list of algos to draw (default: all in the file)")
     ap.add_argument("--group", help="comma list of sweep groups to draw (default: all)")
-    ap.add_argument("--mode", help="eager or graph (default: both)")
+    ap.add_argument("--mode", choices=["eager", "graph"], help="eager or graph (default: both)")
     ap.add_argument("--metric", default="pct_copy", choices=["pct_copy", "gbps", "median_us"],
                     help="y axis (default: pct_copy)")
     ap.add_argument("--title", help="plot title (default: device and copy bandwidth)")

@@ -19,6 +19,14 @@
 
 namespace pagedattn::bench {
 
+/// Median of timing or bandwidth samples (the mean of the two middle ones for an even count);
+/// the one definition every reported median uses.
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 /// Facts about the machine a run measured, for the header and the JSON.
 struct DeviceInfo {
   std::string backend;       ///< "cuda" or "cpu"
@@ -42,9 +50,8 @@ struct CopyBandwidth {
     CopyBandwidth c;
     std::vector<double> gbps;
     for (double t : us) gbps.push_back(2.0 * static_cast<double>(bytes) / (t * 1e3));
-    std::sort(gbps.begin(), gbps.end());
-    c.gbps = gbps[gbps.size() / 2];
-    c.best_gbps = gbps.back();
+    c.gbps = median(gbps);
+    c.best_gbps = *std::max_element(gbps.begin(), gbps.end());
     c.bytes_copied = bytes;
     c.repetitions = static_cast<int>(gbps.size());
     c.method = std::move(method);

@@ -30,7 +30,7 @@ const char* short_dtype_name(DType t) {
 
 std::string Case::config_key() const {
   std::ostringstream os;
-  os << short_dtype_name(dtype) << " kv=" << (kv_cache_dtype == CacheDType::kAuto ? "auto" : cache_dtype_name(kv_cache_dtype))
+  os << short_dtype_name(dtype) << " kv=" << cache_dtype_name(kv_cache_dtype)
      << " h" << num_heads << "/" << num_kv_heads << " d" << head_size << " bs" << block_size << " b" << batch;
   if (dist != SeqDist::kFixed) os << " " << dist_name(dist);
   if (alibi) os << " alibi";
@@ -81,13 +81,7 @@ DType parse_dtype(const std::string& s) {
   throw std::invalid_argument("unknown --dtype \"" + s + "\"; supported: float32, float16, bfloat16");
 }
 
-CacheDType parse_kv_dtype(const std::string& s) {
-  const std::string v = lower(trim(s));
-  if (v == "auto") return CacheDType::kAuto;
-  if (v == "fp8" || v == "fp8_e4m3") return CacheDType::kFp8E4M3;
-  if (v == "fp8_e5m2") return CacheDType::kFp8E5M2;
-  throw std::invalid_argument("unknown --kv-cache-dtype \"" + s + "\"; supported: auto, fp8, fp8_e4m3, fp8_e5m2");
-}
+CacheDType parse_kv_dtype(const std::string& s) { return parse_cache_dtype(lower(trim(s))); }
 
 Algo parse_algo(const std::string& s) {
   const std::string v = lower(trim(s));
@@ -125,7 +119,7 @@ int parse_size(const std::string& s) {
   }
   if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos)
     throw std::invalid_argument("\"" + s + "\" is not a positive integer (a k suffix means x1024)");
-  const long long n = std::stoll(v) * mult;
+  const long long n = v.size() > 10 ? 0 : std::stoll(v) * mult;  // more than 10 digits is out of range anyway
   if (n <= 0 || n > (1ll << 30)) throw std::invalid_argument("\"" + s + "\" is out of range (1 .. 2^30)");
   return static_cast<int>(n);
 }

@@ -38,29 +38,18 @@ std::vector<Case> cases_from_cli(const CliShape& s, bool cpu) {
   const std::string heads = !s.heads.empty() ? s.heads : (cpu ? "8/2" : "32/8");
   const std::string batches = !s.batches.empty() ? s.batches : (cpu ? "4" : "8");
   const std::string seqs = !s.seq_lens.empty() ? s.seq_lens : (cpu ? "512,2k" : "1k,4k,16k");
-  std::vector<Case> out;
-  const SeqDist dist = parse_dist(s.dist);
-  for (const std::string& dt : split_list(s.dtypes))
-    for (const std::string& kv : split_list(s.kv))
-      for (const std::string& h : split_list(heads))
-        for (int hs : parse_size_list(s.head_sizes))
-          for (int bs : parse_size_list(s.block_sizes))
-            for (int b : parse_size_list(batches))
-              for (int l : parse_size_list(seqs)) {
-                Case c;
-                c.group = "cli";
-                c.dtype = parse_dtype(dt);
-                c.kv_cache_dtype = parse_kv_dtype(kv);
-                std::tie(c.num_heads, c.num_kv_heads) = parse_heads(h);
-                c.head_size = hs;
-                c.block_size = bs;
-                c.batch = b;
-                c.seq_len = l;
-                c.dist = dist;
-                c.alibi = s.alibi;
-                out.push_back(c);
-              }
-  return out;
+  Group g;
+  g.label = "cli";
+  for (const std::string& dt : split_list(s.dtypes)) g.dtypes.push_back(parse_dtype(dt));
+  for (const std::string& kv : split_list(s.kv)) g.kv.push_back(parse_kv_dtype(kv));
+  for (const std::string& h : split_list(heads)) g.heads.push_back(parse_heads(h));
+  g.head_sizes = parse_size_list(s.head_sizes);
+  g.block_sizes = parse_size_list(s.block_sizes);
+  g.batches = parse_size_list(batches);
+  g.seq_lens = parse_size_list(seqs);
+  g.dist = parse_dist(s.dist);
+  g.alibi = s.alibi;
+  return expand({g});
 }
 
 std::vector<Algo> parse_algos(const std::string& s) {

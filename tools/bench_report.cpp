@@ -27,8 +27,6 @@ std::string seq_label(const Result& r) {
   return (r.c.dist == SeqDist::kUniform ? "<=" : "") + std::to_string(r.c.seq_len);
 }
 
-std::string kv_label(CacheDType kv) { return kv == CacheDType::kAuto ? "auto" : cache_dtype_name(kv); }
-
 std::string check_label(const Result& r) {
   if (!r.error.empty()) return "ERROR";
   switch (r.check) {
@@ -115,7 +113,7 @@ void print_rows(std::ostream& os, const std::vector<Result>& rows) {
     const bool timed = r.iters > 0;
     std::snprintf(buf, sizeof(buf), "%4d  %-8s %-5s %5d %7s %4d %3d %-5s %-8s %7s %5s %10s %10s %10s %8s %6s  %s\n",
                   r.case_index, algo_label(r).c_str(), mode_name(r.mode), r.c.batch, heads.c_str(), r.c.head_size,
-                  r.c.block_size, short_dtype_name(r.c.dtype), kv_label(r.c.kv_cache_dtype).c_str(), seq_label(r).c_str(),
+                  r.c.block_size, short_dtype_name(r.c.dtype), cache_dtype_name(r.c.kv_cache_dtype), seq_label(r).c_str(),
                   r.c.alibi ? "yes" : "-", timed ? fmt("%.1f", r.median_us).c_str() : "-",
                   timed ? fmt("%.1f", r.min_us).c_str() : "-", timed ? fmt("%.1f", r.max_us).c_str() : "-",
                   timed ? fmt("%.1f", r.gbps).c_str() : "-", timed ? fmt("%.1f", r.pct_copy).c_str() : "-",

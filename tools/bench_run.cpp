@@ -64,6 +64,10 @@ struct Problem {
   Buffer query, out, key_cache, value_cache, block_tables, seq_lens_dev, alibi_dev;
   Buffer exp_sums, max_logits, tmp_out, auto_ws;
   std::size_t auto_ws_bytes = 0;
+  /// Built once per case (nothing but the launch happens inside a timed call): the call's
+  /// parameters for each rotation buffer, and the V2 workspace views.
+  std::vector<PagedAttentionParams> calls;
+  V2Workspace v2;
 
   std::size_t dtype_bytes() const { return dtype_size(c.dtype); }
   std::size_t cache_bytes() const { return dtype_size(cache_dtype); }
@@ -223,13 +227,15 @@ void build_problem(Backend& b, const RunOptions& o, Problem& pr, Result& proto) 
     pr.auto_ws_bytes = paged_attention_workspace_size(pr.params(0));
     if (pr.auto_ws_bytes > 0) pr.auto_ws = Buffer(&b, pr.auto_ws_bytes);
   }
+  for (int k = 0; k < pr.num_buffers; ++k) pr.calls.push_back(pr.params(k));
+  if (needs_v2) pr.v2 = pr.v2_workspace();
   b.synchronize();
 }
 
 void invoke(Algo a, const Problem& pr, const PagedAttentionParams& p) {
   switch (a) {
     case Algo::kV1: return paged_attention_v1(p);
-    case Algo::kV2: return paged_attention_v2(p, pr.v2_workspace());
+    case Algo::kV2: return paged_attention_v2(p, pr.v2);
     case Algo::kAuto: return paged_attention(p, pr.auto_ws.get(), pr.auto_ws_bytes);
     case Algo::kVllm: break;
   }
@@ -364,16 +370,10 @@ void check_algo(Backend& b, const Problem& pr, Algo a, const HostCheck& hc, Resu
   r.check = ok && worst <= 1.0 ? CheckStatus::kPass : CheckStatus::kFail;
 }
 
-double median_of(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 void fill_timing(const Samples& s, const RunOptions& o, Result& r) {
   if (s.us.empty()) return;
   r.iters = static_cast<int>(s.us.size());
-  r.median_us = median_of(s.us);
+  r.median_us = median(s.us);
   r.min_us = *std::min_element(s.us.begin(), s.us.end());
   r.max_us = *std::max_element(s.us.begin(), s.us.end());
   r.gbps = double(r.bytes) / (r.median_us * 1e3);
@@ -396,12 +396,15 @@ std::vector<Result> run_case(Backend& b, const Case& c, int case_index, const Ru
   Result proto;
   proto.case_index = case_index;
   proto.c = c;
+  // the longest drawn length is the case's seq_len for both length distributions
+  const Algo vllm_choice = vllm_rule_prefers_v1(c.batch, c.num_heads, c.seq_len) ? Algo::kV1 : Algo::kV2;
   auto rows_with_error = [&](const std::string& err) {
     std::vector<Result> rows;
     for (Algo a : o.algos)
       for (TimingMode m : modes) {
         Result r = proto;
-        r.algo = r.ran = a;
+        r.algo = a;
+        r.ran = a == Algo::kVllm ? vllm_choice : a;
         r.mode = m;
         r.error = err;
         rows.push_back(r);
@@ -429,7 +432,6 @@ std::vector<Result> run_case(Backend& b, const Case& c, int case_index, const Ru
     return rows_with_error(what_of(e));
   }
 
-  const Algo vllm_choice = vllm_rule_prefers_v1(c.batch, c.num_heads, pr.max_seq_len) ? Algo::kV1 : Algo::kV2;
   // Time every distinct entry point once (vllm reuses the row of its choice).
   std::vector<Algo> order;
   for (Algo a : o.algos) {
@@ -443,12 +445,14 @@ std::vector<Result> run_case(Backend& b, const Case& c, int case_index, const Ru
       r.algo = r.ran = ran;
       r.mode = m;
       try {
-        const auto call = [&pr, ran](int k) { invoke(ran, pr, pr.params(k % pr.num_buffers)); };
+        const auto call = [&pr, ran](int k) { invoke(ran, pr, pr.calls[k % pr.num_buffers]); };
         Samples s;
         if (m == TimingMode::kEager) {
           s = b.time_eager(call, o.warmup, o.iters);
         } else {
-          r.calls_per_graph = std::max(o.graph_calls, pr.num_buffers);
+          // whole rotations, so every buffer is read equally often per replay
+          r.calls_per_graph = (std::max(o.graph_calls, pr.num_buffers) + pr.num_buffers - 1) / pr.num_buffers *
+                              pr.num_buffers;
           s = b.time_graph(call, r.calls_per_graph, 2, o.graph_iters);
         }
         fill_timing(s, o, r);

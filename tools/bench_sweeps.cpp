@@ -2,6 +2,7 @@
 // length innermost, so one configuration's points are adjacent in tables and plots).
 #include "bench_sweeps.h"
 
+#include <algorithm>
 #include <utility>
 
 namespace pagedattn::bench {
@@ -15,21 +16,15 @@ constexpr CacheDType E4M3 = CacheDType::kFp8E4M3;
 constexpr CacheDType E5M2 = CacheDType::kFp8E5M2;
 constexpr int K = 1024;
 
-struct Group {
-  const char* label;
-  std::vector<DType> dtypes;
-  std::vector<CacheDType> kv;
-  std::vector<std::pair<int, int>> heads;  // query heads / kv heads
-  std::vector<int> head_sizes;
-  std::vector<int> block_sizes;
-  std::vector<int> batches;
-  std::vector<int> seq_lens;
-  SeqDist dist = SeqDist::kFixed;
-  bool alibi = false;
-};
+}  // namespace
 
 std::vector<Case> expand(const std::vector<Group>& groups) {
   std::vector<Case> out;
+  auto seen = [&out](const Case& c) {  // an earlier group already holds this exact case
+    return std::any_of(out.begin(), out.end(), [&c](const Case& o) {
+      return o.config_key() == c.config_key() && o.seq_len == c.seq_len;
+    });
+  };
   for (const Group& g : groups)
     for (DType dt : g.dtypes)
       for (CacheDType kv : g.kv)
@@ -50,10 +45,12 @@ std::vector<Case> expand(const std::vector<Group>& groups) {
                   c.seq_len = l;
                   c.dist = g.dist;
                   c.alibi = g.alibi;
-                  out.push_back(c);
+                  if (!seen(c)) out.push_back(c);
                 }
   return out;
 }
+
+namespace {
 
 std::vector<Sweep> build() {
   std::vector<Sweep> all;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench_case.h"
@@ -16,6 +17,24 @@ struct Sweep {
   std::vector<Case> cuda_cases;
   std::vector<Case> cpu_cases;  ///< smaller shapes for the CPU backend; empty: use cuda_cases
 };
+
+/// One group of cases: the cartesian product of its axes, the sequence length innermost (so one
+/// configuration's points are adjacent in tables and plots).
+struct Group {
+  std::string label;
+  std::vector<DType> dtypes;
+  std::vector<CacheDType> kv;
+  std::vector<std::pair<int, int>> heads;  // query heads / kv heads
+  std::vector<int> head_sizes;
+  std::vector<int> block_sizes;
+  std::vector<int> batches;
+  std::vector<int> seq_lens;
+  SeqDist dist = SeqDist::kFixed;
+  bool alibi = false;
+};
+
+/// The cases of `groups` in order; a case an earlier group already holds is not repeated.
+std::vector<Case> expand(const std::vector<Group>& groups);
 
 /// Every named sweep, in --list-sweeps order.
 const std::vector<Sweep>& sweeps();
