@@ -82,6 +82,12 @@ def default_stream(x) -> int:
     return 0
 
 
+def on_host(x) -> bool:
+    """Whether array `x` lives in host memory (DLPack kDLCPU or kDLCUDAHost)."""
+    dev = x.__dlpack_device__()[0] if hasattr(x, "__dlpack_device__") else 1
+    return dev in (1, 3)
+
+
 def empty_bytes_like(x, nbytes: int):
     """A 1-D uint8 buffer of `nbytes` on `x`'s device, allocated by `x`'s own framework."""
     tt = _torch_tensor_type if _torch_tensor_type is not None else _torch_bits()
@@ -95,12 +101,11 @@ def empty_bytes_like(x, nbytes: int):
 
         with cupy.cuda.Device(x.device.id):
             return cupy.empty(nbytes, dtype=cupy.uint8)
-    dev = x.__dlpack_device__()[0] if hasattr(x, "__dlpack_device__") else 1
-    if dev in (1, 3):  # kDLCPU, kDLCUDAHost
+    if on_host(x):
         import numpy
 
         return numpy.empty(nbytes, dtype=numpy.uint8)
     raise _C.PagedAttnError(
         f"paged_attention: cannot allocate a {nbytes}-byte workspace for a {type(x).__name__} on device type "
-        f"{dev}; pass workspace= (see workspace_size())"
+        f"{x.__dlpack_device__()[0]}; pass workspace= (see workspace_size())"
     )

@@ -7,7 +7,7 @@ Outputs are written in place; nothing is copied. Errors raise :class:`PagedAttnE
 from __future__ import annotations
 
 from . import _C
-from ._arrays import default_stream, dl, empty_bytes_like, scalar
+from ._arrays import default_stream, dl, empty_bytes_like, on_host, scalar
 
 __all__ = [
     "paged_attention_v1",
@@ -85,7 +85,7 @@ def paged_attention(out, query, key_cache, value_cache, num_kv_heads, scale, blo
             dl(seq_lens), block_size, max_seq_len, dl(alibi_slopes), kv_cache_dtype, scalar(k_scale),
             scalar(v_scale), tp_rank, blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
             blocksparse_head_sliding_step, checked, default_stream(out) if stream is None else stream)
-    if workspace is None:
+    if workspace is None and not on_host(out):  # the CPU backend needs no workspace
         # Views from dl() are single-use DLPack capsules for torch: size from fresh ones.
         need = workspace_size(out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
                               block_size, max_seq_len, alibi_slopes, kv_cache_dtype, 1.0, 1.0, tp_rank,
