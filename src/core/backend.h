@@ -17,7 +17,7 @@ namespace cpu {
 void attention_v1(const PagedAttentionParams& p, const AttentionShape& s);
 void attention_v2(const PagedAttentionParams& p, const AttentionShape& s, const V2Workspace& ws);
 void reshape_and_cache(const ReshapeAndCacheParams& p, const CacheShape& s);
-/// Copies `bytes_per_block` bytes of block src to dst for every pair in `pairs` ([n, 2] int64).
+/// Copies block src to dst, in every key and value cache, for every pair of p.block_mapping.
 void copy_blocks(const CopyBlocksParams& p);
 }  // namespace cpu
 

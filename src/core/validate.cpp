@@ -216,7 +216,6 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
 
 void validate_v2_workspace(const PagedAttentionParams& p, const AttentionShape& s, const V2Workspace& ws) {
   const char* op = "paged_attention_v2";
-  (void)p;
   for (auto [t, name] : {std::pair{&ws.exp_sums, "exp_sums"}, std::pair{&ws.max_logits, "max_logits"}}) {
     require_defined(*t, op, name);
     require_ndim(*t, op, name, 3, "[num_seqs, num_heads, max_num_partitions]");

@@ -61,7 +61,7 @@ struct CacheShape {
   Device device{};
 };
 CacheShape validate_reshape_and_cache(const ReshapeAndCacheParams& p);
-/// Validates one cache tensor pair's layout (shared by the cache ops).
+/// Validates a block mapping of copy_blocks / swap_blocks: contiguous [n, 2] int64 (src, dst) pairs.
 void validate_block_mapping(const TensorView& m, const char* op);
 
 }  // namespace pagedattn::detail

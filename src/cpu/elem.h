@@ -57,7 +57,16 @@ struct Fp8Table {
   float scale = 1.0f;
   Fp8Table() = default;
   Fp8Table(CacheDType kind, float s) : e5m2(kind == CacheDType::kFp8E5M2), scale(s) {
-    for (int b = 0; b < 256; ++b) v[b] = fp8_to_float(static_cast<std::uint8_t>(b), kind) * scale;
+    // decoded once per format (a call only scales them: the same products as decoding each)
+    static const std::array<float, 256> e4m3 = decoded(CacheDType::kFp8E4M3);
+    static const std::array<float, 256> e5m2_codes = decoded(CacheDType::kFp8E5M2);
+    const std::array<float, 256>& base = e5m2 ? e5m2_codes : e4m3;
+    for (int b = 0; b < 256; ++b) v[b] = base[b] * scale;
+  }
+  static std::array<float, 256> decoded(CacheDType kind) {
+    std::array<float, 256> d{};
+    for (int b = 0; b < 256; ++b) d[b] = fp8_to_float(static_cast<std::uint8_t>(b), kind);
+    return d;
   }
 };
 
