@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -303,9 +304,20 @@ TEST(CpuAttention, V2ClampsSeqLenBeyondWorkspace) {
 
 // The backend carries two copies of its kernel (AVX2 + F16C, chosen at run time, and
 // baseline x86-64; PAGEDATTN_CPU_KERNEL=generic forces the latter). They must agree bit for
-// bit: same float32 operations in the same order. On a CPU without AVX2 both runs take the
-// generic copy and the test is trivially true.
+// bit: same float32 operations in the same order. Skipped where there is no AVX2 + F16C copy
+// to compare (both runs would take the generic one).
 TEST(CpuAttention, KernelCopiesAgreeBitwise) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("f16c"))
+    GTEST_SKIP() << "this CPU has no AVX2 + F16C: only the generic kernel copy runs here";
+#else
+  GTEST_SKIP() << "not an x86 CPU: only the generic kernel copy is built";
+#endif
+  // forces the generic copy while alive, and always lets go of it (even when a check throws)
+  struct ForceGeneric {
+    ForceGeneric() { ::setenv("PAGEDATTN_CPU_KERNEL", "generic", 1); }
+    ~ForceGeneric() { ::unsetenv("PAGEDATTN_CPU_KERNEL"); }
+  };
   PAGEDATTN_TEST_RNG(rng);
   int k = 0;
   for (DType t : kDTypes)
@@ -332,14 +344,14 @@ TEST(CpuAttention, KernelCopiesAgreeBitwise) {
         for (Algo a : {Algo::kV1, Algo::kV2}) {
           std::vector<double> got[2];
           for (int generic = 0; generic < 2; ++generic) {
-            if (generic) ::setenv("PAGEDATTN_CPU_KERNEL", "generic", 1);
+            std::optional<ForceGeneric> force;
+            if (generic) force.emplace();
             if (a == Algo::kV1) {
               paged_attention_v1(pb.params);
             } else {
               auto ws = pb.make_workspace();
               paged_attention_v2(pb.params, ws.views());
             }
-            ::unsetenv("PAGEDATTN_CPU_KERNEL");
             got[generic] = pb.out_values();
           }
           int diff = 0;

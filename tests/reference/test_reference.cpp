@@ -292,7 +292,6 @@ TEST(ReferenceHand, EmptySequenceGivesZeros) {
 
 TEST(ReferenceVsNaive, RandomProblems) {
   PAGEDATTN_TEST_RNG(rng);
-  int n = 0;
   for (DType t : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
     for (CacheDType f : {CacheDType::kAuto, CacheDType::kFp8E4M3, CacheDType::kFp8E5M2})
       for (int variant = 0; variant < 4; ++variant) {
@@ -317,9 +316,7 @@ TEST(ReferenceVsNaive, RandomProblems) {
         HostProblem pb = build_problem(c, rng);
         SCOPED_TRACE(std::string(dtype_name(t)) + " " + cache_dtype_name(f) + " variant " + std::to_string(variant));
         expect_close(ref::attention(pb.params), naive_attention(pb), kF64Rtol, kF64Atol);
-        ++n;
       }
-  EXPECT_EQ(n, 36);
 }
 
 // ---------------------------------------------------------------------------------------
