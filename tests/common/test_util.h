@@ -17,6 +17,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/numeric.h"
@@ -474,5 +475,36 @@ inline std::string head_str(const std::vector<double>& v, std::size_t n = 8) {
   for (std::size_t i = 0; i < std::min(n, v.size()); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
   return s + (v.size() > n ? ", ...]" : "]");
 }
+
+// ---------------------------------------------------------------------------------------
+// Error paths
+// ---------------------------------------------------------------------------------------
+inline const char* error_code_name(ErrorCode c) {
+  switch (c) {
+    case ErrorCode::kInvalidArgument: return "kInvalidArgument";
+    case ErrorCode::kUnsupported: return "kUnsupported";
+    case ErrorCode::kDataError: return "kDataError";
+    case ErrorCode::kBackendError: return "kBackendError";
+  }
+  return "?";
+}
+
+/// Runs `f`, expects a pagedattn::Error with `code` whose message contains every needle.
+inline void expect_error(const std::function<void()>& f, ErrorCode code, const std::vector<std::string>& needles) {
+  try {
+    f();
+    ADD_FAILURE() << "no error thrown; expected " << error_code_name(code);
+  } catch (const Error& e) {
+    EXPECT_EQ(error_code_name(e.code()), std::string(error_code_name(code))) << e.what();
+    for (const auto& n : needles)
+      EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << "'" << n << "' not in: " << e.what();
+  }
+}
+/// One needle (a template so that a braced list of needles always picks the overload above).
+template <class S, class = std::enable_if_t<std::is_convertible_v<const S&, std::string>>>
+void expect_error(const std::function<void()>& f, ErrorCode code, const S& needle) {
+  expect_error(f, code, std::vector<std::string>{std::string(needle)});
+}
+
 
 }  // namespace pagedattn::test

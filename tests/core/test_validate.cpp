@@ -19,26 +19,7 @@ using test::build_problem;
 using test::HostProblem;
 using test::ProblemConfig;
 
-const char* code_name(ErrorCode c) {
-  switch (c) {
-    case ErrorCode::kInvalidArgument: return "kInvalidArgument";
-    case ErrorCode::kUnsupported: return "kUnsupported";
-    case ErrorCode::kDataError: return "kDataError";
-    case ErrorCode::kBackendError: return "kBackendError";
-  }
-  return "?";
-}
-
-/// Runs `f`, expects a pagedattn::Error with `code` whose message contains every needle.
-void expect_error(const std::function<void()>& f, ErrorCode code, const std::vector<std::string>& needles) {
-  try {
-    f();
-    ADD_FAILURE() << "no error thrown; expected " << code_name(code);
-  } catch (const Error& e) {
-    EXPECT_EQ(code_name(e.code()), std::string(code_name(code))) << e.what();
-    for (const auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << "'" << n << "' not in: " << e.what();
-  }
-}
+using test::expect_error;
 
 /// A valid float16 GQA problem with ALiBi, 2 sequences (5 and 1100 tokens: 3 V2 partitions).
 HostProblem base_problem() {

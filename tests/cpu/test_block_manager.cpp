@@ -16,14 +16,9 @@
 namespace pagedattn {
 namespace {
 
+// every BlockManager error is kInvalidArgument
 void expect_error(const std::function<void()>& f, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one containing \"" << needle << "\"";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-  }
+  test::expect_error(f, ErrorCode::kInvalidArgument, needle);
 }
 
 /// Everything observable about a manager, for "the error changed nothing" checks.

@@ -21,16 +21,7 @@ using test::HostTensor;
 using test::make_strided;
 using test::make_tensor;
 
-/// Runs `f`, expecting a pagedattn::Error with `code` whose message contains `needle`.
-void expect_error(const std::function<void()>& f, ErrorCode code, const std::string& needle) {
-  try {
-    f();
-    ADD_FAILURE() << "no error; expected one containing \"" << needle << "\"";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), code) << e.what();
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-  }
-}
+using test::expect_error;
 
 void fill_bytes(HostTensor& t, test::Rng& rng) {
   for (auto& b : t.storage) b = static_cast<std::uint8_t>(rng.randint(0, 255));
