@@ -74,13 +74,9 @@ class Rng {
   std::int64_t randint(std::int64_t lo, std::int64_t hi) {
     return std::uniform_int_distribution<std::int64_t>(lo, hi)(gen_);
   }
-  double normal(double mean = 0.0, double stddev = 1.0) {
-    return std::normal_distribution<double>(mean, stddev)(gen_);
-  }
   bool coin(double p_true = 0.5) { return uniform(0.0, 1.0) < p_true; }
   template <typename It>
   void shuffle(It first, It last) { std::shuffle(first, last, gen_); }
-  std::mt19937_64& engine() { return gen_; }
 
  private:
   std::mt19937_64 gen_;
@@ -122,14 +118,6 @@ inline double load_value(const void* base, DType dtype, std::int64_t i) {
     case DType::kInt64: return static_cast<double>(static_cast<const std::int64_t*>(base)[i]);
   }
   return 0.0;
-}
-
-/// Rounds `v` to the nearest value of `dtype` (float32/float16/bfloat16), as store_value does.
-inline double round_to(DType dtype, double v) {
-  const float f = static_cast<float>(v);
-  if (dtype == DType::kFloat16) return detail::half_to_float(detail::float_to_half(f));
-  if (dtype == DType::kBFloat16) return detail::bf16_to_float(detail::float_to_bf16(f));
-  return f;
 }
 
 /// The byte a poisoned fp8 element holds: 0x7F is NaN in both E4M3 and E5M2.
@@ -252,7 +240,6 @@ struct ProblemConfig {
   BlockSparseParams blocksparse{};
   double q_range = 1.0;                           ///< query values uniform in [-q_range, q_range)
   double kv_range = 1.0;                          ///< cache values (before fp8 scaling) in [-kv_range, kv_range)
-  bool poison_unused = true;                      ///< NaN in unused slots, unreferenced blocks and padding
   /// Also poison each (block, kv head) that block-sparsity masks for every query head of that
   /// kv head, so a kernel that reads a masked block produces NaN.
   bool poison_masked = false;
@@ -454,26 +441,7 @@ inline HostProblem build_problem(const ProblemConfig& cfg, Rng& rng) {
       }
     }
   }
-  if (!cfg.poison_unused) {
-    // Replace remaining NaN with finite random values (for tests that want clean buffers).
-    auto clean = [&](HostTensor& t) {
-      for (std::int64_t e = 0; e < t.alloc_elems(); ++e) {
-        const bool nan = storage == DType::kUInt8 ? static_cast<std::uint8_t*>(t.base())[e] == kFp8NaN
-                                                  : std::isnan(load_value(t.base(), storage, e));
-        if (nan) random_cache_value(t.base(), e);
-      }
-    };
-    clean(pb.key_cache);
-    clean(pb.value_cache);
-  }
   return pb;
-}
-
-/// Copies `n` doubles of a reference result into a printable "[a, b, ...]" (first 8).
-inline std::string head_str(const std::vector<double>& v, std::size_t n = 8) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < std::min(n, v.size()); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + (v.size() > n ? ", ...]" : "]");
 }
 
 // ---------------------------------------------------------------------------------------

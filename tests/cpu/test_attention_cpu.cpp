@@ -70,8 +70,9 @@ std::string describe(const ProblemConfig& c, Algo a) {
 /// Counts elements outside tolerance (NaN included), reporting the first few.
 int compare(const std::vector<double>& got, const std::vector<double>& want, const Tol& tol, const std::string& what,
             int head_size) {
+  EXPECT_EQ(got.size(), want.size()) << what;
   int bad = 0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
+  for (std::size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
     const double err = std::abs(got[i] - want[i]);
     if (!(err <= tol.of(want[i]))) {
       if (++bad <= 5)

@@ -49,7 +49,6 @@ struct DeviceTensor {
   DevicePtr mem;
   TensorView view;
   std::size_t bytes = 0;
-  const HostTensor* host = nullptr;
 
   static DeviceTensor from(const HostTensor& h) {
     DeviceTensor d;
@@ -58,7 +57,6 @@ struct DeviceTensor {
     if (d.bytes && cudaMemcpy(d.mem.get(), h.storage.data(), d.bytes, cudaMemcpyHostToDevice) != cudaSuccess)
       throw std::runtime_error("cudaMemcpy H2D failed");
     d.view = h.device_view(d.mem.get(), kGpu);
-    d.host = &h;
     return d;
   }
   /// Copies the whole allocation back into `h.storage`.
