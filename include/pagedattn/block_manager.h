@@ -116,6 +116,11 @@ class BlockManager {
   const Sequence& get(std::int64_t seq, const char* op) const;
   Sequence& get(std::int64_t seq, const char* op);
   void require_new(std::int64_t seq, const char* op) const;
+  /// A token appended to `s` goes into its last block, which another sequence shares: the
+  /// block must be copied first (copy-on-write).
+  bool needs_cow(const Sequence& s) const;
+  /// Sequences stay within int32 tokens (the attention ops' seq_lens are int32).
+  static void require_len(std::int64_t seq, std::int64_t len, std::int64_t more, const char* op);
   void require_free_blocks(std::int64_t need, const char* op, std::int64_t seq) const;
   std::int32_t take_block();
   void release_block(std::int32_t block);

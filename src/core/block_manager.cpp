@@ -32,8 +32,7 @@ std::int64_t BlockManager::blocks_needed_to_append(std::int64_t seq, std::int64_
   const std::int64_t fresh = blocks_for_tokens(s.len + num_tokens) - std::int64_t(s.blocks.size());
   // The first new token goes into the last block when that block has room; a shared last
   // block must be copied first.
-  const bool cow = s.len % block_size_ != 0 && ref_[s.blocks.back()] > 1;
-  return fresh + (cow ? 1 : 0);
+  return fresh + (needs_cow(s) ? 1 : 0);
 }
 
 bool BlockManager::can_append(std::int64_t seq, std::int64_t num_tokens) const {
@@ -44,6 +43,7 @@ std::vector<std::int64_t> BlockManager::allocate(std::int64_t seq, std::int64_t 
   const char* op = "BlockManager::allocate";
   require_new(seq, op);
   if (num_tokens < 0) detail::fail(kInv, op, ": num_tokens is ", num_tokens, "; must be >= 0");
+  require_len(seq, 0, num_tokens, op);
   require_free_blocks(blocks_for_tokens(num_tokens), op, seq);
   Sequence s;
   s.len = num_tokens;
@@ -85,13 +85,12 @@ TokensAppend BlockManager::append_tokens(std::int64_t seq, std::int64_t num_toke
   const char* op = "BlockManager::append_tokens";
   Sequence& s = get(seq, op);
   if (num_tokens < 0) detail::fail(kInv, op, ": num_tokens is ", num_tokens, "; must be >= 0");
-  if (num_tokens > std::numeric_limits<std::int32_t>::max() - s.len)
-    detail::fail(kInv, op, ": sequence ", seq, " would exceed ", std::numeric_limits<std::int32_t>::max(), " tokens");
+  require_len(seq, s.len, num_tokens, op);
   require_free_blocks(blocks_needed_to_append(seq, num_tokens), op, seq);
 
   TokensAppend r;
   if (num_tokens == 0) return r;
-  if (s.len % block_size_ != 0 && ref_[s.blocks.back()] > 1) {  // copy-on-write
+  if (needs_cow(s)) {
     const std::int32_t shared = s.blocks.back();
     const std::int32_t fresh = take_block();
     --ref_[shared];  // still >= 1: another sequence holds it
@@ -159,6 +158,15 @@ void BlockManager::fill_block_tables(const std::vector<std::int64_t>& seqs, int 
     std::fill(row + s.blocks.size(), row + max_blocks_per_seq, pad);
     if (seq_lens != nullptr) seq_lens[i] = static_cast<std::int32_t>(s.len);
   }
+}
+
+bool BlockManager::needs_cow(const Sequence& s) const {
+  return s.len % block_size_ != 0 && ref_[s.blocks.back()] > 1;
+}
+
+void BlockManager::require_len(std::int64_t seq, std::int64_t len, std::int64_t more, const char* op) {
+  if (more > std::numeric_limits<std::int32_t>::max() - len)
+    detail::fail(kInv, op, ": sequence ", seq, " would exceed ", std::numeric_limits<std::int32_t>::max(), " tokens");
 }
 
 const BlockManager::Sequence& BlockManager::get(std::int64_t seq, const char* op) const {

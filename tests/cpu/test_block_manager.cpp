@@ -296,4 +296,13 @@ TEST(BlockManager, RandomizedAgainstModel) {
 }
 
 }  // namespace
+TEST(BlockManager, SequencesStayWithinInt32Tokens) {
+  BlockManager m(4, 16);
+  expect_error([&] { m.allocate(1, std::int64_t(1) << 31); }, "would exceed 2147483647 tokens");
+  EXPECT_FALSE(m.has_sequence(1));
+  m.allocate(2, 3);
+  expect_error([&] { m.append_tokens(2, (std::int64_t(1) << 31) - 3); }, "would exceed 2147483647 tokens");
+  EXPECT_EQ(m.seq_len(2), 3);
+}
+
 }  // namespace pagedattn
