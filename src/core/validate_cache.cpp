@@ -109,22 +109,26 @@ void check_slot_mapping_host(const ReshapeAndCacheParams& p, const CacheShape& s
   const auto* slots = static_cast<const std::int64_t*>(p.slot_mapping.data);
   const std::int64_t limit = s.num_blocks * s.block_size;
   for (std::int64_t t = 0; t < s.num_tokens; ++t)
-    if (slots[t] >= limit)
-      fail(ErrorCode::kDataError, "checked mode: slot_mapping[", t, "] = ", slots[t],
-           " is outside the cache; slots must be < num_blocks * block_size = ", s.num_blocks, " * ", s.block_size,
-           " = ", limit, " (negative slots are padding)");
+    if (slots[t] >= limit) fail_bad_slot(s, t, slots[t]);
+}
+
+void fail_bad_slot(const CacheShape& s, std::int64_t token, std::int64_t slot) {
+  fail(ErrorCode::kDataError, "reshape_and_cache: checked mode: slot_mapping[", token, "] = ", slot,
+       " is outside the cache; slots must be < num_blocks * block_size = ", s.num_blocks, " * ", s.block_size, " = ",
+       s.num_blocks * s.block_size, " (negative slots are padding)");
+}
+
+void fail_bad_block(const char* op, std::int64_t pair, bool source, std::int64_t block, std::int64_t num_blocks) {
+  fail(ErrorCode::kDataError, op, ": checked mode: block_mapping[", pair, "]: ", source ? "source" : "destination",
+       " block ", block, " is outside [0, num_blocks = ", num_blocks, ")");
 }
 
 void check_block_pairs_host(const TensorView& m, std::int64_t src_blocks, std::int64_t dst_blocks, const char* op) {
   const auto* pairs = static_cast<const std::int64_t*>(m.data);
   for (std::int64_t i = 0; i < m.shape[0]; ++i) {
     const std::int64_t src = pairs[2 * i], dst = pairs[2 * i + 1];
-    if (src < 0 || src >= src_blocks)
-      fail(ErrorCode::kDataError, op, ": block_mapping[", i, "] = (", src, ", ", dst, "): source block ", src,
-           " is outside [0, num_blocks = ", src_blocks, ")");
-    if (dst < 0 || dst >= dst_blocks)
-      fail(ErrorCode::kDataError, op, ": block_mapping[", i, "] = (", src, ", ", dst, "): destination block ", dst,
-           " is outside [0, num_blocks = ", dst_blocks, ")");
+    if (src < 0 || src >= src_blocks) fail_bad_block(op, i, true, src, src_blocks);
+    if (dst < 0 || dst >= dst_blocks) fail_bad_block(op, i, false, dst, dst_blocks);
   }
 }
 

@@ -41,4 +41,9 @@ void check_slot_mapping_host(const ReshapeAndCacheParams& p, const CacheShape& s
 void check_block_pairs_host(const TensorView& block_mapping, std::int64_t src_blocks, std::int64_t dst_blocks,
                             const char* op);
 
+/// The checked-mode errors of the cache ops, one wording for every backend.
+[[noreturn]] void fail_bad_slot(const CacheShape& s, std::int64_t token, std::int64_t slot);
+[[noreturn]] void fail_bad_block(const char* op, std::int64_t pair, bool source, std::int64_t block,
+                                 std::int64_t num_blocks);
+
 }  // namespace pagedattn::detail

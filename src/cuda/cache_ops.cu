@@ -3,6 +3,7 @@
 
 #include "core/backend.h"
 #include "core/check.h"
+#include "core/validate_cache.h"
 #include "cuda/check.h"
 #include "cuda/common.cuh"
 #include "cuda/device_guard.h"
@@ -113,9 +114,7 @@ void reshape_and_cache(const ReshapeAndCacheParams& p, const CacheShape& s) {
     std::int64_t v = 0;
     const std::int64_t i = first_out_of_range(p.slot_mapping.data, s.num_tokens, 1, 0, s.num_blocks * s.block_size,
                                               true, s.device.index, p.stream, &v);
-    if (i >= 0)
-      fail(ErrorCode::kDataError, "reshape_and_cache: checked mode: slot_mapping[", i, "] = ", v,
-           " is outside [0, num_blocks * block_size = ", s.num_blocks * s.block_size, ") (negative means skip)");
+    if (i >= 0) fail_bad_slot(s, i, v);
   }
   CacheWriteParams k{};
   k.key = p.key.data;
@@ -153,9 +152,7 @@ void copy_blocks(const CopyBlocksParams& p) {
     std::int64_t v = 0;
     const std::int64_t i = first_out_of_range(p.block_mapping.data, 2 * pairs, 1, 0, first.shape[0], false,
                                               first.device.index, p.stream, &v);
-    if (i >= 0)
-      fail(ErrorCode::kDataError, "copy_blocks: checked mode: block_mapping[", i / 2, "][", i % 2, "] = ", v,
-           " is outside [0, num_blocks = ", first.shape[0], ")");
+    if (i >= 0) fail_bad_block("copy_blocks", i / 2, i % 2 == 0, v, first.shape[0]);
   }
   const std::int64_t esize = static_cast<std::int64_t>(dtype_size(first.dtype));
   std::int64_t inner = 1;  // elements of one (block, head) segment: dims 2.. are contiguous

@@ -298,7 +298,7 @@ TEST(CpuCacheOps, CopyBlocksErrors) {
     p.block_mapping.shape[1] = 3;
     expect(p, inv, "block_mapping dimension 1 is 3 but must be 2");
   }
-  for (auto [src, dst, msg] : {std::tuple{4L, 0L, "block_mapping[1] = (4, 0): source block 4 is outside [0, num_blocks = 4)"},
+  for (auto [src, dst, msg] : {std::tuple{4L, 0L, "copy_blocks: checked mode: block_mapping[1]: source block 4 is outside [0, num_blocks = 4)"},
                                std::tuple{-1L, 0L, "source block -1"},
                                std::tuple{1L, 9L, "destination block 9 is outside [0, num_blocks = 4)"}}) {
     Layers bad = make_layers(2, 4, {0, 1, src, dst}, rng);
