@@ -43,5 +43,7 @@ template <typename... Args>
 
 /// "[2, 32, 128]"
 std::string shape_str(const TensorView& t);
+/// "[8192, 128, 1]"
+std::string strides_str(const TensorView& t);
 
 }  // namespace pagedattn::detail

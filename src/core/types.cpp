@@ -128,6 +128,12 @@ std::string shape_str(const TensorView& t) {
   for (int i = 0; i < t.ndim; ++i) s += (i ? ", " : "") + std::to_string(t.shape[i]);
   return s + "]";
 }
+
+std::string strides_str(const TensorView& t) {
+  std::string s = "[";
+  for (int i = 0; i < t.ndim; ++i) s += (i ? ", " : "") + std::to_string(t.strides[i]);
+  return s + "]";
+}
 }  // namespace detail
 
 }  // namespace pagedattn

@@ -24,11 +24,6 @@ bool contains(const Set& s, int v) {
   return false;
 }
 
-void require_defined(const TensorView& t, const char* op, const char* name) {
-  if (!t.defined() || t.data == nullptr)
-    fail(kInv, op, ": ", name, " is missing (null data pointer)");
-}
-
 /// The dtype of a query/key-like tensor: float32, float16 or bfloat16.
 DType require_float_dtype(const TensorView& t, const char* op, const char* name) {
   const DType d = t.dtype;
@@ -64,15 +59,6 @@ void require_device(const TensorView& t, const char* op, const char* name, const
          "; all tensors must be on one device");
 }
 
-void require_contiguous_from(const TensorView& t, const char* op, const char* name, int first_dim) {
-  if (!t.is_contiguous_from(first_dim)) {
-    std::string st;
-    for (int i = 0; i < t.ndim; ++i) st += (i ? ", " : "") + std::to_string(t.strides[i]);
-    fail(kInv, op, ": ", name, " must be contiguous from dimension ", first_dim, " on; got shape ", shape_str(t),
-         " strides [", st, "]");
-  }
-}
-
 void require_stride_at_least(const TensorView& t, const char* op, const char* name, int d, std::int64_t min) {
   if (t.shape[d] > 1 && t.strides[d] < min)
     fail(kInv, op, ": ", name, " stride(", d, ") is ", t.strides[d], "; must be at least ", min,
@@ -88,6 +74,16 @@ int cache_x(DType storage) { return static_cast<int>(16 / dtype_size(storage)); 
 DType cache_storage_for(CacheDType c, DType t) { return c == CacheDType::kAuto ? t : DType::kUInt8; }
 
 }  // namespace
+
+void require_defined(const TensorView& t, const char* op, const char* name) {
+  if (!t.defined() || t.data == nullptr) fail(kInv, op, ": ", name, " is missing (null data pointer)");
+}
+
+void require_contiguous_from(const TensorView& t, const char* op, const char* name, int first_dim) {
+  if (!t.is_contiguous_from(first_dim))
+    fail(kInv, op, ": ", name, " must be contiguous from dimension ", first_dim, " on; got shape ", shape_str(t),
+         " strides ", strides_str(t));
+}
 
 AttentionShape validate_attention(const PagedAttentionParams& p, const char* op) {
   AttentionShape s;

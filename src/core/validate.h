@@ -61,6 +61,11 @@ struct CacheShape {
   Device device{};
 };
 CacheShape validate_reshape_and_cache(const ReshapeAndCacheParams& p);
+
+/// Checks shared by the validators: `name` has data; `name` is contiguous from `first_dim`
+/// on. Each failure is a kInvalidArgument naming the op, the tensor and its shape.
+void require_defined(const TensorView& t, const char* op, const char* name);
+void require_contiguous_from(const TensorView& t, const char* op, const char* name, int first_dim);
 /// Validates a block mapping of copy_blocks / swap_blocks: contiguous [n, 2] int64 (src, dst) pairs.
 void validate_block_mapping(const TensorView& m, const char* op);
 

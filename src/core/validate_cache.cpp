@@ -9,12 +9,6 @@ namespace {
 
 constexpr auto kInv = ErrorCode::kInvalidArgument;
 
-std::string strides_str(const TensorView& t) {
-  std::string r = "[";
-  for (int i = 0; i < t.ndim; ++i) r += (i ? ", " : "") + std::to_string(t.strides[i]);
-  return r + "]";
-}
-
 bool same_shape(const TensorView& a, const TensorView& b, int first_dim) {
   if (a.ndim != b.ndim) return false;
   for (int i = first_dim; i < a.ndim; ++i)
@@ -23,14 +17,12 @@ bool same_shape(const TensorView& a, const TensorView& b, int first_dim) {
 }
 
 void require_cache(const TensorView& t, const char* op, const std::string& name, int packed_from) {
-  if (!t.defined() || t.data == nullptr) fail(kInv, op, ": ", name, " is missing (null data pointer)");
+  require_defined(t, op, name.c_str());
   if (t.ndim < 2)
     fail(kInv, op, ": ", name, " must have at least 2 dimensions [num_blocks, ...]; got shape ", shape_str(t));
   for (int i = 0; i < t.ndim; ++i)
     if (t.shape[i] < 0) fail(kInv, op, ": ", name, " has a negative size ", shape_str(t));
-  if (!t.is_contiguous_from(packed_from))
-    fail(kInv, op, ": ", name, " must be contiguous from dimension ", packed_from, " on; got shape ", shape_str(t),
-         " strides ", strides_str(t));
+  require_contiguous_from(t, op, name.c_str(), packed_from);
 }
 
 std::string layer_name(const char* what, std::size_t l) { return cat(what, "[", l, "]"); }
