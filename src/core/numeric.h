@@ -27,18 +27,16 @@ inline std::uint16_t float_to_bf16(float f) {
   return std::uint16_t(u >> 16);
 }
 
+/// float16 -> float32, exact and branch-free (the CPU kernel's block loops vectorise it):
+/// normals rebias the exponent, subnormals are man * 2^-24, inf/NaN keep their payload.
 inline float half_to_float(std::uint16_t h) {
   const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
-  std::uint32_t exp = (h >> 10) & 0x1fu;
-  std::uint32_t man = h & 0x3ffu;
-  if (exp == 0x1f) return bits_float(sign | 0x7f800000u | (man << 13));
-  if (exp == 0) {
-    if (man == 0) return bits_float(sign);
-    // subnormal: value = man * 2^-24
-    float v = float(man) * (1.0f / 16777216.0f);
-    return sign ? -v : v;
-  }
-  return bits_float(sign | ((exp + 112u) << 23) | (man << 13));
+  const std::uint32_t em = h & 0x7fffu;
+  const float normal = bits_float((em << 13) + 0x38000000u);              // rebias exponent by 112
+  const float subnormal = float(std::int32_t(em)) * (1.0f / 16777216.0f);  // man * 2^-24
+  const float special = bits_float(0x7f800000u | (em << 13));             // inf / NaN
+  const float mag = em < 0x0400u ? subnormal : (em >= 0x7c00u ? special : normal);
+  return bits_float(float_bits(mag) | sign);
 }
 
 inline std::uint16_t float_to_half(float f) {

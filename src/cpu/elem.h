@@ -12,19 +12,6 @@
 
 namespace pagedattn::detail::cpu {
 
-/// Branch-free float16 -> float32 (exact), so loops over a block vectorise. Subnormals go
-/// through an int -> float conversion rather than denormal arithmetic, so the result does
-/// not depend on the FTZ/DAZ state of the calling thread.
-inline float half_to_float_fast(std::uint16_t h) {
-  const std::uint32_t sign = std::uint32_t(h & 0x8000u) << 16;
-  const std::uint32_t em = h & 0x7fffu;
-  const float normal = bits_float((em << 13) + 0x38000000u);       // rebias exponent by 112
-  const float subnormal = float(std::int32_t(em)) * (1.0f / 16777216.0f);  // man * 2^-24
-  const float special = bits_float(0x7f800000u | (em << 13));      // inf / NaN keep the payload
-  const float mag = em < 0x0400u ? subnormal : (em >= 0x7c00u ? special : normal);
-  return bits_float(float_bits(mag) | sign);
-}
-
 /// float32 values (query/out/cache dtype float32).
 struct F32 {
   using Storage = float;
@@ -34,7 +21,7 @@ struct F32 {
 /// IEEE float16, stored as its bits.
 struct F16 {
   using Storage = std::uint16_t;
-  static float load(Storage v) { return half_to_float_fast(v); }
+  static float load(Storage v) { return half_to_float(v); }
   static Storage store(float f) { return float_to_half(f); }
 };
 /// bfloat16, stored as its bits.
