@@ -45,6 +45,22 @@ CacheCase make_cache_case(DType dtype, CacheDType cache, Rng& rng) {
   return c;
 }
 
+/// Device copies of a CacheCase's tensors, and its params pointing at them (checked mode on).
+struct DeviceCacheCase {
+  DeviceTensor k, v, kc, vc, sl;
+  ReshapeAndCacheParams params;
+  explicit DeviceCacheCase(const CacheCase& c)
+      : k(DeviceTensor::from(c.key)), v(DeviceTensor::from(c.value)), kc(DeviceTensor::from(c.key_cache)),
+        vc(DeviceTensor::from(c.value_cache)), sl(DeviceTensor::from(c.slots)), params(c.params) {
+    params.key = k.view;
+    params.value = v.view;
+    params.key_cache = kc.view;
+    params.value_cache = vc.view;
+    params.slot_mapping = sl.view;
+    params.checked = true;
+  }
+};
+
 class CudaReshapeAndCache : public ::testing::TestWithParam<std::tuple<DType, CacheDType>> {};
 
 TEST_P(CudaReshapeAndCache, BitExactWithCpuBackend) {
@@ -52,21 +68,14 @@ TEST_P(CudaReshapeAndCache, BitExactWithCpuBackend) {
   PAGEDATTN_TEST_RNG(rng);
   const auto [dtype, cache] = GetParam();
   CacheCase c = make_cache_case(dtype, cache, rng);
-  DeviceTensor k = DeviceTensor::from(c.key), v = DeviceTensor::from(c.value), kc = DeviceTensor::from(c.key_cache),
-               vc = DeviceTensor::from(c.value_cache), sl = DeviceTensor::from(c.slots);
-  ReshapeAndCacheParams g = c.params;
-  g.key = k.view;
-  g.value = v.view;
-  g.key_cache = kc.view;
-  g.value_cache = vc.view;
-  g.slot_mapping = sl.view;
-  g.checked = true;
+  const DeviceCacheCase d(c);
+  const ReshapeAndCacheParams& g = d.params;
   reshape_and_cache(g);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   reshape_and_cache(c.params);  // CPU backend on the same inputs
   HostTensor gk = c.key_cache, gv = c.value_cache;
-  kc.to_host(gk);
-  vc.to_host(gv);
+  d.kc.to_host(gk);
+  d.vc.to_host(gv);
   EXPECT_EQ(gk.storage, c.key_cache.storage) << "key cache differs from the CPU backend";
   EXPECT_EQ(gv.storage, c.value_cache.storage) << "value cache differs from the CPU backend";
 }
@@ -81,18 +90,11 @@ TEST(CudaCacheOps, CheckedReshapeRejectsBadSlot) {
   PAGEDATTN_TEST_RNG(rng);
   CacheCase c = make_cache_case(DType::kFloat16, CacheDType::kAuto, rng);
   static_cast<std::int64_t*>(c.slots.view.data)[5] = 6 * 16;  // one past the last slot
-  DeviceTensor k = DeviceTensor::from(c.key), v = DeviceTensor::from(c.value), kc = DeviceTensor::from(c.key_cache),
-               vc = DeviceTensor::from(c.value_cache), sl = DeviceTensor::from(c.slots);
-  ReshapeAndCacheParams g = c.params;
-  g.key = k.view;
-  g.value = v.view;
-  g.key_cache = kc.view;
-  g.value_cache = vc.view;
-  g.slot_mapping = sl.view;
-  g.checked = true;
+  const DeviceCacheCase d(c);
+  const ReshapeAndCacheParams& g = d.params;
   test::expect_error([&] { reshape_and_cache(g); }, ErrorCode::kDataError, "slot_mapping[5] = 96");
   HostTensor gk = c.key_cache;
-  kc.to_host(gk);
+  d.kc.to_host(gk);
   EXPECT_EQ(gk.storage, c.key_cache.storage) << "cache written despite the error";
 }
 
