@@ -11,7 +11,7 @@ import importlib.util as _ilu
 import os as _os
 
 from . import _C
-from ._C import PagedAttnError, built_with_cuda, vllm_rule_prefers_v1
+from ._C import PARTITION_SIZE, BlockManager, PagedAttnError, built_with_cuda, vllm_rule_prefers_v1
 from .ops import (
     copy_blocks,
     paged_attention,
@@ -24,16 +24,11 @@ from .ops import (
 )
 
 __version__ = _C.__version__
-PARTITION_SIZE = 512
-
-if hasattr(_C, "BlockManager"):
-    from ._C import BlockManager  # noqa: F401
 
 from . import ops as _ops
 
-__all__ = ["PagedAttnError", "PARTITION_SIZE", "built_with_cuda", "vllm_rule_prefers_v1", *_ops.__all__]
-if hasattr(_C, "BlockManager"):
-    __all__.append("BlockManager")
+__all__ = ["PagedAttnError", "PARTITION_SIZE", "BlockManager", "built_with_cuda", "vllm_rule_prefers_v1",
+           *_ops.__all__]
 
 # torch.ops.pagedattn.* exist whenever torch is importable. PAGEDATTN_NO_TORCH=1 skips the
 # (slow, ~1-2 s) torch import for NumPy-only processes; `import pagedattn.torch_ops` later still
