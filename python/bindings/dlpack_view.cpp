@@ -71,14 +71,16 @@ TensorView to_view(const std::optional<ArrayRO>& a, const char* name) {
 }
 
 void register_errors(nb::module_& m) {
-  static nb::object error_type;  // kept alive for the interpreter's lifetime
-  error_type = nb::borrow(PyErr_NewExceptionWithDoc(
+  // The new reference is kept for the life of the process and never released: a static
+  // nb::object would be decref'd by its destructor after the interpreter has shut down.
+  static PyObject* const error_type = PyErr_NewExceptionWithDoc(
       "pagedattn._C.PagedAttnError",
       "Raised for every error the pagedattn library reports (bad shapes, dtypes, devices, "
       "unsupported parameters, checked-mode data errors, backend failures). The message is the "
       "library's; `.code` is one of 'invalid_argument', 'unsupported', 'data_error', 'backend_error'.",
-      PyExc_ValueError, nullptr));
-  m.attr("PagedAttnError") = error_type;
+      PyExc_ValueError, nullptr);
+  if (error_type == nullptr) throw nb::python_error();
+  m.attr("PagedAttnError") = nb::handle(error_type);
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
       std::rethrow_exception(p);
@@ -90,9 +92,9 @@ void register_errors(nb::module_& m) {
         case ErrorCode::kDataError: code = "data_error"; break;
         case ErrorCode::kBackendError: code = "backend_error"; break;
       }
-      nb::object exc = error_type(nb::str(e.what()));
+      nb::object exc = nb::handle(error_type)(nb::str(e.what()));
       nb::setattr(exc, "code", nb::str(code));
-      PyErr_SetObject(error_type.ptr(), exc.ptr());
+      PyErr_SetObject(error_type, exc.ptr());
     }
   });
 }
