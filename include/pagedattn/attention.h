@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "pagedattn/types.h"
 
@@ -20,10 +21,16 @@ struct BlockSparseParams {
   bool enabled() const { return vert_stride > 1; }
 };
 
-/// Everything one attention call needs. Shapes follow SPEC §2:
+/// Everything one attention call needs. Shapes follow SPEC §2; the fields after `stream` are
+/// the variants of SPEC §3b, taken by the auto entry point `paged_attention` only:
+/// paged_attention_v1/_v2 keep vLLM's contract and reject them.
+///
+/// Query rows: without `query_start_loc` every sequence has one query token (row i = sequence
+/// i, at position seq_lens[i] - 1); with it, `query`/`out` hold total_query_tokens rows and
+/// sequence i owns rows [query_start_loc[i], query_start_loc[i+1]).
 struct PagedAttentionParams {
-  TensorView out;           ///< [num_seqs, num_heads, head_size], T, contiguous; written in place
-  TensorView query;         ///< [num_seqs, num_heads, head_size], T; dim 0 may be strided
+  TensorView out;           ///< [num_query_rows, num_heads, head_size], T, contiguous; written in place
+  TensorView query;         ///< [num_query_rows, num_heads, head_size], T; dim 0 may be strided
   TensorView key_cache;     ///< [num_blocks, num_kv_heads, head_size/x, block_size, x], CACHE_T; x = 16/sizeof(CACHE_T)
   TensorView value_cache;   ///< [num_blocks, num_kv_heads, head_size, block_size], CACHE_T
   TensorView block_tables;  ///< [num_seqs, max_num_blocks_per_seq], int32, rows contiguous
@@ -55,6 +62,31 @@ struct PagedAttentionParams {
   long long total_tokens = 0;
   /// cudaStream_t to run on (nullptr: the legacy default stream). Ignored on the CPU.
   void* stream = nullptr;
+
+  // ---- variants (SPEC §3b): auto entry point only
+  /// Sliding window: a query token at position p attends cache tokens t with
+  /// p - window_left <= t <= p. -1 = no window. (Hugging Face `sliding_window = W` is W - 1.)
+  int window_left = -1;
+  /// Logits soft-cap: s = cap * tanh(s / cap) right after the scale. 0 = off.
+  float logits_soft_cap = 0.0f;
+  /// Optional int32 [num_seqs + 1], non-decreasing from 0: several query tokens per sequence
+  /// (speculative decoding, chunked prefill). Sequence i has q_len_i = query_start_loc[i+1] -
+  /// query_start_loc[i] new tokens, already written to the cache and counted in seq_lens[i];
+  /// its token j sits at p = seq_lens[i] - q_len_i + j and attends t <= p (causal).
+  /// Lives on the call's device; its last entry must equal query.shape[0] (checked mode).
+  TensorView query_start_loc;
+  /// Optional host-side hint with query_start_loc: the largest q_len_i (0 = unknown: the
+  /// bound query.shape[0] - num_seqs + 1 is used). Sizes the grid; checked mode verifies it.
+  int max_query_len = 0;
+  /// Optional float32 output [num_query_rows, num_heads]: ln sum_t exp(s_t) over the attended
+  /// tokens of each row (after scale, soft-cap, ALiBi and masks); -inf for a row that attends
+  /// nothing. Contiguous, on the call's device.
+  TensorView lse;
+  /// Optional per-kv-head fp8 dequantisation scales, float32 [num_kv_heads] on the call's
+  /// device (read by the kernel: graph-safe). When given they replace k_scale / v_scale, which
+  /// must then stay 1.0. fp8 caches only.
+  TensorView k_scales;
+  TensorView v_scales;
 };
 
 /// V2 workspace tensors (SPEC §2), supplied by the caller.
@@ -82,6 +114,31 @@ std::size_t paged_attention_workspace_size(const PagedAttentionParams& p);
 /// Auto: picks the fastest path for the shape. `workspace` is device memory (host memory for
 /// the CPU backend) of at least paged_attention_workspace_size(p) bytes, 256-byte aligned.
 void paged_attention(const PagedAttentionParams& p, void* workspace, std::size_t workspace_bytes);
+
+/// Whether `paged_attention(p, ...)` (the auto path) accepts `p`: every check the call makes
+/// before it runs (shapes, dtypes, devices, strides, the dispatch matrix and what this build
+/// holds), without throwing. `reason` is empty when ok, else the message the call would raise.
+/// The data checks of checked mode (seq_lens, block ids, query_start_loc) are not run.
+struct Support {
+  bool ok = true;
+  std::string reason;
+  explicit operator bool() const { return ok; }
+};
+Support is_supported(const PagedAttentionParams& p);
+
+/// Two partial attentions over disjoint key sets, merged exactly by their log-sum-exp (SPEC
+/// §3b): M = max(lse_a, lse_b), w_x = exp(lse_x - M), out = (w_a out_a + w_b out_b) / (w_a +
+/// w_b), lse = M + ln(w_a + w_b). A -inf state contributes nothing; two give zeros and -inf.
+struct MergeStatesParams {
+  TensorView out_a;  ///< [rows, num_heads, head_size], T (float32, float16 or bfloat16), contiguous
+  TensorView lse_a;  ///< [rows, num_heads], float32, contiguous
+  TensorView out_b;  ///< as out_a
+  TensorView lse_b;  ///< as lse_a
+  TensorView out;    ///< as out_a; may alias out_a or out_b
+  TensorView lse;    ///< optional, as lse_a; may alias lse_a or lse_b
+  void* stream = nullptr;  ///< cudaStream_t; ignored on the CPU
+};
+void merge_attention_states(const MergeStatesParams& p);
 
 /// The V1/V2 choice vLLM makes (SPEC §4), exposed so benchmarks can compare against it.
 bool vllm_rule_prefers_v1(int num_seqs, int num_heads, int max_seq_len);

@@ -18,6 +18,10 @@ struct ReshapeAndCacheParams {
   CacheDType kv_cache_dtype = CacheDType::kAuto;
   float k_scale = 1.0f;     ///< fp8: stored byte = encode(k / k_scale), saturating
   float v_scale = 1.0f;
+  /// Optional per-kv-head scales, float32 [num_kv_heads] on the call's device (fp8 only): kv
+  /// head g is stored as encode(x / k_scales[g]); k_scale / v_scale must then stay 1.0.
+  TensorView k_scales;
+  TensorView v_scales;
   bool checked = false;     ///< verify every slot < num_blocks * block_size before writing
   void* stream = nullptr;
 };

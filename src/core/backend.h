@@ -17,6 +17,8 @@ namespace cpu {
 void attention_v1(const PagedAttentionParams& p, const AttentionShape& s);
 void attention_v2(const PagedAttentionParams& p, const AttentionShape& s, const V2Workspace& ws);
 void reshape_and_cache(const ReshapeAndCacheParams& p, const CacheShape& s);
+/// merge_attention_states on host arrays (validated).
+void merge_states(const MergeStatesParams& p, const MergeShape& s);
 /// Copies block src to dst, in every key and value cache, for every pair of p.block_mapping.
 void copy_blocks(const CopyBlocksParams& p);
 }  // namespace cpu
@@ -32,6 +34,9 @@ void attention_auto(const PagedAttentionParams& p, const AttentionShape& s, void
 /// Checked mode on the GPU: a small kernel scans seq_lens and block tables; the first bad
 /// entry becomes a kDataError naming the sequence and entry.
 void check_attention_data(const PagedAttentionParams& p, const AttentionShape& s);
+/// Throws what attention_auto would before launching (instance in this build, alignment).
+void check_supported(const PagedAttentionParams& p, const AttentionShape& s);
+void merge_states(const MergeStatesParams& p, const MergeShape& s);
 void reshape_and_cache(const ReshapeAndCacheParams& p, const CacheShape& s);
 void copy_blocks(const CopyBlocksParams& p);
 void swap_blocks(const SwapBlocksParams& p, std::size_t bytes_per_block);

@@ -1,5 +1,6 @@
 #include "core/validate.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -73,6 +74,29 @@ int cache_x(DType storage) { return static_cast<int>(16 / dtype_size(storage)); 
 
 DType cache_storage_for(CacheDType c, DType t) { return c == CacheDType::kAuto ? t : DType::kUInt8; }
 
+/// Per-kv-head fp8 scales (attention and reshape_and_cache): both or neither, fp8 caches only,
+/// per-tensor scales left at 1.0, float32 [num_kv_heads] on the call's device.
+void validate_head_scales(const TensorView& ks, const TensorView& vs, CacheDType cache, float k_scale, float v_scale,
+                          int num_kv_heads, const Device& dev, const char* op, const char* ref) {
+  if (ks.defined() != vs.defined())
+    fail(kInv, op, ": ", ks.defined() ? "k_scales" : "v_scales", " is given without ",
+         ks.defined() ? "v_scales" : "k_scales", "; per-head scales come in pairs");
+  if (!ks.defined()) return;
+  if (cache == CacheDType::kAuto)
+    fail(kInv, op, ": k_scales/v_scales are given but kv_cache_dtype is auto; per-head scales apply to fp8 caches only");
+  if (k_scale != 1.0f || v_scale != 1.0f)
+    fail(kInv, op, ": k_scale/v_scale are ", k_scale, "/", v_scale,
+         " but per-head k_scales/v_scales are given; leave the per-tensor scales at 1.0");
+  for (auto [t, name] : {std::pair{&ks, "k_scales"}, std::pair{&vs, "v_scales"}}) {
+    require_defined(*t, op, name);
+    require_ndim(*t, op, name, 1, "[num_kv_heads]");
+    require_dtype(*t, op, name, DType::kFloat32, "");
+    require_device(*t, op, name, dev, ref);
+    require_dim(*t, op, name, 0, num_kv_heads, "num_kv_heads");
+    require_contiguous_from(*t, op, name, 0);
+  }
+}
+
 }  // namespace
 
 void require_defined(const TensorView& t, const char* op, const char* name) {
@@ -95,10 +119,11 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
   require_defined(p.seq_lens, op, "seq_lens");
 
   // query / out
-  require_ndim(p.query, op, "query", 3, "[num_seqs, num_heads, head_size]");
+  require_ndim(p.query, op, "query", 3, "[num_query_rows, num_heads, head_size]");
   const DType t = require_float_dtype(p.query, op, "query");
   s.dtype = t;
-  s.num_seqs = static_cast<int>(p.query.shape[0]);
+  s.num_rows = static_cast<int>(p.query.shape[0]);
+  s.num_seqs = s.num_rows;
   s.num_heads = static_cast<int>(p.query.shape[1]);
   s.head_size = static_cast<int>(p.query.shape[2]);
   s.device = p.query.device;
@@ -109,11 +134,49 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
   require_stride_at_least(p.query, op, "query", 0, std::int64_t(s.num_heads) * s.head_size);
   s.q_stride = p.query.shape[0] > 1 ? p.query.strides[0] : std::int64_t(s.num_heads) * s.head_size;
 
-  require_ndim(p.out, op, "out", 3, "[num_seqs, num_heads, head_size]");
+  require_ndim(p.out, op, "out", 3, "[num_query_rows, num_heads, head_size]");
   require_dtype(p.out, op, "out", t, " (the query dtype)");
   require_device(p.out, op, "out", s.device, "query");
   for (int d = 0; d < 3; ++d) require_dim(p.out, op, "out", d, p.query.shape[d], "query's");
   require_contiguous_from(p.out, op, "out", 0);
+
+  // multi-token queries: the sequences come from query_start_loc, the rows from query
+  if (p.query_start_loc.defined()) {
+    require_defined(p.query_start_loc, op, "query_start_loc");
+    require_ndim(p.query_start_loc, op, "query_start_loc", 1, "[num_seqs + 1]");
+    require_dtype(p.query_start_loc, op, "query_start_loc", DType::kInt32, "");
+    require_device(p.query_start_loc, op, "query_start_loc", s.device, "query");
+    require_contiguous_from(p.query_start_loc, op, "query_start_loc", 0);
+    if (p.query_start_loc.shape[0] < 1)
+      fail(kInv, op, ": query_start_loc has ", p.query_start_loc.shape[0], " entries; must have num_seqs + 1 >= 1");
+    s.num_seqs = static_cast<int>(p.query_start_loc.shape[0] - 1);
+    s.multi_token = true;
+    if (s.num_rows < s.num_seqs)
+      fail(kInv, op, ": query has ", s.num_rows, " rows but query_start_loc describes ", s.num_seqs,
+           " sequences; with query_start_loc every sequence needs at least one query row");
+    if (p.max_query_len < 0 || p.max_query_len > s.num_rows)
+      fail(kInv, op, ": max_query_len is ", p.max_query_len, "; must be in [0, num_query_rows = ", s.num_rows,
+           "] (0: unknown)");
+    s.max_q_len = p.max_query_len > 0 ? p.max_query_len : std::max(1, s.num_rows - s.num_seqs + 1);
+  } else if (p.max_query_len > 1 || p.max_query_len < 0) {
+    fail(kInv, op, ": max_query_len is ", p.max_query_len,
+         " without query_start_loc; one query token per sequence allows only 0 or 1");
+  }
+  if (p.window_left < -1)
+    fail(kInv, op, ": window_left is ", p.window_left, "; must be >= 0, or -1 for no sliding window");
+  if (!(p.logits_soft_cap >= 0.0f) || !std::isfinite(p.logits_soft_cap))
+    fail(kInv, op, ": logits_soft_cap is ", p.logits_soft_cap, "; must be finite and >= 0 (0: off)");
+  if (p.lse.defined()) {
+    require_defined(p.lse, op, "lse");
+    require_ndim(p.lse, op, "lse", 2, "[num_query_rows, num_heads]");
+    require_dtype(p.lse, op, "lse", DType::kFloat32, "");
+    require_device(p.lse, op, "lse", s.device, "query");
+    require_dim(p.lse, op, "lse", 0, s.num_rows, "query's num_query_rows");
+    require_dim(p.lse, op, "lse", 1, s.num_heads, "num_heads");
+    require_contiguous_from(p.lse, op, "lse", 0);
+  }
+  s.variants = s.multi_token || p.max_query_len != 0 || p.window_left != -1 || p.logits_soft_cap != 0.0f ||
+               p.lse.defined() || p.k_scales.defined() || p.v_scales.defined();
 
   // scalars
   if (!contains(kBlockSizes, p.block_size))
@@ -131,6 +194,8 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
   require_finite(p.scale, op, "scale");
   require_finite(p.k_scale, op, "k_scale");
   require_finite(p.v_scale, op, "v_scale");
+  validate_head_scales(p.k_scales, p.v_scales, p.kv_cache_dtype, p.k_scale, p.v_scale, p.num_kv_heads, s.device, op,
+                       "query");
   if (p.tp_rank < 0) fail(kInv, op, ": tp_rank is ", p.tp_rank, "; must be >= 0");
   if (p.blocksparse.enabled()) {
     const auto& b = p.blocksparse;
@@ -184,9 +249,10 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
 
   // tables
   require_ndim(p.block_tables, op, "block_tables", 2, "[num_seqs, max_num_blocks_per_seq]");
+  const char* seqs_from = s.multi_token ? "num_seqs (query_start_loc's length - 1)" : "num_seqs";
   require_dtype(p.block_tables, op, "block_tables", DType::kInt32, "");
   require_device(p.block_tables, op, "block_tables", s.device, "query");
-  require_dim(p.block_tables, op, "block_tables", 0, s.num_seqs, "num_seqs");
+  require_dim(p.block_tables, op, "block_tables", 0, s.num_seqs, seqs_from);
   require_contiguous_from(p.block_tables, op, "block_tables", 1);
   s.max_blocks_per_seq = static_cast<int>(p.block_tables.shape[1]);
   require_stride_at_least(p.block_tables, op, "block_tables", 0, s.max_blocks_per_seq);
@@ -195,7 +261,7 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
   require_ndim(p.seq_lens, op, "seq_lens", 1, "[num_seqs]");
   require_dtype(p.seq_lens, op, "seq_lens", DType::kInt32, "");
   require_device(p.seq_lens, op, "seq_lens", s.device, "query");
-  require_dim(p.seq_lens, op, "seq_lens", 0, s.num_seqs, "num_seqs");
+  require_dim(p.seq_lens, op, "seq_lens", 0, s.num_seqs, seqs_from);
   require_contiguous_from(p.seq_lens, op, "seq_lens", 0);
 
   if (p.alibi_slopes.defined()) {
@@ -208,6 +274,35 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
   }
   s.max_num_partitions = v2_max_num_partitions(p.max_seq_len);
   return s;
+}
+
+LogitsRule make_logits_rule(const PagedAttentionParams& p, const AttentionShape& s) {
+  LogitsRule r;
+  r.soft_cap = p.logits_soft_cap;
+  r.inv_soft_cap = p.logits_soft_cap > 0.0f ? 1.0f / p.logits_soft_cap : 0.0f;
+  r.window_left = p.window_left;
+  r.sparse = p.blocksparse.enabled() ? 1 : 0;
+  r.sparse_local_blocks = p.blocksparse.local_blocks;
+  r.sparse_vert_stride = p.blocksparse.vert_stride;
+  r.sparse_block_size = p.blocksparse.block_size;
+  r.sparse_sliding_step = p.blocksparse.head_sliding_step;
+  r.tp_rank = p.tp_rank;
+  r.num_heads = s.num_heads;
+  r.num_kv_heads = s.num_kv_heads;
+  return r;
+}
+
+void reject_variants(const PagedAttentionParams& p, const AttentionShape& s, const char* op) {
+  if (!s.variants) return;
+  const char* field = p.query_start_loc.defined() ? "query_start_loc"
+                      : p.max_query_len != 0      ? "max_query_len"
+                      : p.window_left != -1       ? "window_left"
+                      : p.logits_soft_cap != 0.0f ? "logits_soft_cap"
+                      : p.lse.defined()           ? "lse"
+                                                  : "k_scales/v_scales";
+  fail(kInv, op, ": ", field, " is set, but ", op,
+       " keeps vLLM's contract (one query per sequence, no window, soft-cap, lse or per-head scales); "
+       "use paged_attention (the auto entry point) for these variants");
 }
 
 void validate_v2_workspace(const PagedAttentionParams& p, const AttentionShape& s, const V2Workspace& ws) {
@@ -256,11 +351,43 @@ void fail_attention_data(const PagedAttentionParams& p, const AttentionShape& s,
   }
 }
 
+void fail_query_start_loc(const PagedAttentionParams& p, const AttentionShape& s, int kind, int seq,
+                          std::int64_t value, std::int64_t other) {
+  const auto code = ErrorCode::kDataError;
+  switch (kind) {
+    case 1:
+      fail(code, "checked mode: query_start_loc[0] = ", value, "; must be 0");
+    case 2:
+      fail(code, "checked mode: query_start_loc[", seq + 1, "] = ", value, " is below query_start_loc[", seq,
+           "] = ", other, "; query_start_loc must be non-decreasing");
+    case 3:
+      fail(code, "checked mode: query_start_loc[", s.num_seqs, "] = ", value, " but query has ", s.num_rows,
+           " rows; the last entry must equal the number of query rows");
+    case 4:
+      fail(code, "checked mode: sequence ", seq, " has q_len ", value, " (query_start_loc) but seq_lens[", seq,
+           "] = ", other, "; a sequence's new tokens are counted in its seq_len, so q_len <= seq_len");
+    default:
+      fail(code, "checked mode: sequence ", seq, " has q_len ", value, " but max_query_len is ", p.max_query_len);
+  }
+}
+
 void check_attention_data_host(const PagedAttentionParams& p, const AttentionShape& s) {
   const auto* lens = static_cast<const std::int32_t*>(p.seq_lens.data);
   const auto* bt = static_cast<const std::int32_t*>(p.block_tables.data);
+  const auto* qsl = s.multi_token ? static_cast<const std::int32_t*>(p.query_start_loc.data) : nullptr;
+  if (qsl != nullptr) {
+    if (qsl[0] != 0) fail_query_start_loc(p, s, 1, 0, qsl[0], 0);
+    for (int i = 0; i < s.num_seqs; ++i)
+      if (qsl[i + 1] < qsl[i]) fail_query_start_loc(p, s, 2, i, qsl[i + 1], qsl[i]);
+    if (qsl[s.num_seqs] != s.num_rows) fail_query_start_loc(p, s, 3, 0, qsl[s.num_seqs], 0);
+  }
   for (int i = 0; i < s.num_seqs; ++i) {
     const std::int64_t len = lens[i];
+    if (qsl != nullptr) {
+      const std::int64_t q_len = qsl[i + 1] - qsl[i];
+      if (len >= 0 && q_len > len) fail_query_start_loc(p, s, 4, i, q_len, len);
+      if (p.max_query_len > 0 && q_len > p.max_query_len) fail_query_start_loc(p, s, 5, i, q_len, 0);
+    }
     if (len < 0) fail_attention_data(p, s, 3, i, 0, len);
     if (len > p.max_seq_len) fail_attention_data(p, s, 1, i, 0, len);
     if (len > std::int64_t(s.max_blocks_per_seq) * s.block_size) fail_attention_data(p, s, 2, i, 0, len);
@@ -270,6 +397,38 @@ void check_attention_data_host(const PagedAttentionParams& p, const AttentionSha
       if (id < 0 || id >= s.num_blocks) fail_attention_data(p, s, 4, i, static_cast<int>(b), id);
     }
   }
+}
+
+MergeShape validate_merge_states(const MergeStatesParams& p) {
+  const char* op = "merge_attention_states";
+  MergeShape s;
+  require_defined(p.out_a, op, "out_a");
+  require_ndim(p.out_a, op, "out_a", 3, "[rows, num_heads, head_size]");
+  s.dtype = require_float_dtype(p.out_a, op, "out_a");
+  s.device = p.out_a.device;
+  s.rows = p.out_a.shape[0];
+  s.num_heads = static_cast<int>(p.out_a.shape[1]);
+  s.head_size = static_cast<int>(p.out_a.shape[2]);
+  for (auto [t, name] : {std::pair{&p.out_a, "out_a"}, std::pair{&p.out_b, "out_b"}, std::pair{&p.out, "out"}}) {
+    require_defined(*t, op, name);
+    require_ndim(*t, op, name, 3, "[rows, num_heads, head_size]");
+    require_dtype(*t, op, name, s.dtype, " (out_a's dtype)");
+    require_device(*t, op, name, s.device, "out_a");
+    for (int d = 0; d < 3; ++d) require_dim(*t, op, name, d, p.out_a.shape[d], "out_a's");
+    require_contiguous_from(*t, op, name, 0);
+  }
+  s.with_lse = p.lse.defined();
+  for (auto [t, name] : {std::pair{&p.lse_a, "lse_a"}, std::pair{&p.lse_b, "lse_b"}, std::pair{&p.lse, "lse"}}) {
+    if (t == &p.lse && !s.with_lse) continue;
+    require_defined(*t, op, name);
+    require_ndim(*t, op, name, 2, "[rows, num_heads]");
+    require_dtype(*t, op, name, DType::kFloat32, "");
+    require_device(*t, op, name, s.device, "out_a");
+    require_dim(*t, op, name, 0, s.rows, "out_a's rows");
+    require_dim(*t, op, name, 1, s.num_heads, "out_a's num_heads");
+    require_contiguous_from(*t, op, name, 0);
+  }
+  return s;
 }
 
 void validate_block_mapping(const TensorView& m, const char* op) {
@@ -336,6 +495,8 @@ CacheShape validate_reshape_and_cache(const ReshapeAndCacheParams& p) {
   require_finite(p.v_scale, op, "v_scale");
   if (p.kv_cache_dtype != CacheDType::kAuto && (p.k_scale == 0.0f || p.v_scale == 0.0f))
     fail(kInv, op, ": k_scale/v_scale are ", p.k_scale, "/", p.v_scale, "; an fp8 cache needs nonzero scales");
+  validate_head_scales(p.k_scales, p.v_scales, p.kv_cache_dtype, p.k_scale, p.v_scale, s.num_kv_heads, s.device, op,
+                       "key");
   return s;
 }
 

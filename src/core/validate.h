@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 
+#include "core/attention_rules.h"
 #include "pagedattn/attention.h"
 #include "pagedattn/cache_ops.h"
 
@@ -33,11 +34,20 @@ struct AttentionShape {
   std::int64_t v_block_stride = 0;
   std::int64_t v_head_stride = 0;
   std::int64_t bt_stride = 0;     ///< block_tables stride(0)
+  // variants (SPEC §3b)
+  int num_rows = 0;               ///< query rows: query.shape[0] (== num_seqs without query_start_loc)
+  int max_q_len = 1;              ///< bound on q_len_i: the max_query_len hint, or num_rows - num_seqs + 1
+  bool multi_token = false;       ///< query_start_loc given
+  bool variants = false;          ///< any SPEC §3b field set (V1/V2 reject the call)
   int group_size() const { return num_heads / num_kv_heads; }
 };
 
 /// Validates shapes, dtypes, devices, strides and scalars of an attention call.
 AttentionShape validate_attention(const PagedAttentionParams& p, const char* op);
+/// The LogitsRule (core/attention_rules.h) of a validated call.
+LogitsRule make_logits_rule(const PagedAttentionParams& p, const AttentionShape& s);
+/// V1/V2 keep vLLM's contract: a call that sets any SPEC §3b field is rejected naming it.
+void reject_variants(const PagedAttentionParams& p, const AttentionShape& s, const char* op);
 /// Validates V2's workspace against the call (SPEC §7 "V2 workspaces large enough").
 void validate_v2_workspace(const PagedAttentionParams& p, const AttentionShape& s, const V2Workspace& ws);
 /// Checked mode on host-resident seq_lens / block_tables: first bad entry -> kDataError.
@@ -47,6 +57,23 @@ void check_attention_data_host(const PagedAttentionParams& p, const AttentionSha
 /// 3 = negative seq_len, 4 = block id out of range.
 [[noreturn]] void fail_attention_data(const PagedAttentionParams& p, const AttentionShape& s, int kind,
                                       int seq, int entry, std::int64_t value);
+
+/// merge_attention_states (SPEC §3b).
+struct MergeShape {
+  std::int64_t rows = 0;
+  int num_heads = 0;
+  int head_size = 0;
+  DType dtype = DType::kFloat32;
+  Device device{};
+  bool with_lse = false;
+};
+MergeShape validate_merge_states(const MergeStatesParams& p);
+
+/// The message checked mode gives for bad query_start_loc data; kind: 1 = first entry not 0,
+/// 2 = decreasing at seq, 3 = last entry != num_rows, 4 = q_len > seq_len, 5 = q_len >
+/// max_query_len. Shared by the CPU and the CUDA check.
+[[noreturn]] void fail_query_start_loc(const PagedAttentionParams& p, const AttentionShape& s, int kind, int seq,
+                                       std::int64_t value, std::int64_t other);
 
 /// Cache operations (SPEC §6).
 struct CacheShape {

@@ -244,6 +244,12 @@ struct ProblemConfig {
   /// kv head, so a kernel that reads a masked block produces NaN.
   bool poison_masked = false;
   bool checked = true;
+  // ---- variants (SPEC §3b)
+  std::vector<int> q_lens;     ///< query tokens per sequence (sets query_start_loc); empty: one each, no query_start_loc
+  int window_left = -1;
+  float logits_soft_cap = 0.0f;
+  bool lse = false;            ///< ask for the lse output (NaN-poisoned)
+  bool per_head_scales = false;  ///< fp8: random k_scales / v_scales per kv head instead of k_scale / v_scale
 };
 
 /// Host buffers of one problem and the params pointing at them. Copyable (views rebind).
@@ -253,6 +259,8 @@ struct HostProblem {
   int max_blocks_per_seq = 0;  ///< block_tables columns
   int x = 0;                   ///< 16 / sizeof(cache element)
   HostTensor query, out, key_cache, value_cache, block_tables, seq_lens, alibi_slopes;
+  HostTensor query_start_loc, lse, k_scales, v_scales;  ///< variants; empty when not asked for
+  int num_rows = 0;  ///< query rows: sum of q_lens, or num_seqs
   PagedAttentionParams params;
 
   HostProblem() = default;
@@ -269,6 +277,11 @@ struct HostProblem {
     block_tables = o.block_tables;
     seq_lens = o.seq_lens;
     alibi_slopes = o.alibi_slopes;
+    query_start_loc = o.query_start_loc;
+    lse = o.lse;
+    k_scales = o.k_scales;
+    v_scales = o.v_scales;
+    num_rows = o.num_rows;
     params = o.params;
     rebind();
     return *this;
@@ -285,6 +298,22 @@ struct HostProblem {
     params.block_tables = block_tables.view;
     params.seq_lens = seq_lens.view;
     params.alibi_slopes = cfg.alibi ? alibi_slopes.view : TensorView{};
+    params.query_start_loc = cfg.q_lens.empty() ? TensorView{} : query_start_loc.view;
+    params.lse = cfg.lse ? lse.view : TensorView{};
+    params.k_scales = cfg.per_head_scales ? k_scales.view : TensorView{};
+    params.v_scales = cfg.per_head_scales ? v_scales.view : TensorView{};
+  }
+  /// q_len of sequence i (1 without query_start_loc).
+  int q_len(int i) const {
+    if (cfg.q_lens.empty()) return 1;
+    const auto* qsl = static_cast<const std::int32_t*>(query_start_loc.view.data);
+    return qsl[i + 1] - qsl[i];
+  }
+  /// Reads lse as doubles, [num_rows, num_heads].
+  std::vector<double> lse_values() const {
+    std::vector<double> r(static_cast<std::size_t>(lse.view.numel()));
+    for (std::size_t i = 0; i < r.size(); ++i) r[i] = static_cast<const float*>(lse.view.data)[i];
+    return r;
   }
 
   int seq_len(int i) const { return static_cast<const std::int32_t*>(seq_lens.view.data)[i]; }
@@ -342,6 +371,21 @@ inline HostProblem build_problem(const ProblemConfig& cfg, Rng& rng) {
   if (lens.empty())
     for (int i = 0; i < S; ++i) lens.push_back(static_cast<int>(rng.randint(cfg.min_len, cfg.max_len)));
   lens.resize(static_cast<std::size_t>(S), 0);
+  const bool multi = !cfg.q_lens.empty();
+  if (multi) {  // a sequence's new tokens are in its cache: seq_len >= q_len
+    pb.cfg.q_lens.resize(static_cast<std::size_t>(S), 1);
+    for (int i = 0; i < S; ++i) lens[i] = std::max(lens[i], pb.cfg.q_lens[i]);
+  }
+  pb.num_rows = S;
+  if (multi) {
+    pb.num_rows = 0;
+    pb.query_start_loc = make_tensor(DType::kInt32, {S + 1});
+    auto* qsl = static_cast<std::int32_t*>(pb.query_start_loc.view.data);
+    qsl[0] = 0;
+    for (int i = 0; i < S; ++i) qsl[i + 1] = qsl[i] + pb.cfg.q_lens[i];
+    pb.num_rows = qsl[S];
+  }
+  const int R = pb.num_rows;
   const int longest = lens.empty() ? 0 : *std::max_element(lens.begin(), lens.end());
   std::vector<int> nblk(lens.size());
   std::int64_t used = 0;
@@ -368,13 +412,22 @@ inline HostProblem build_problem(const ProblemConfig& cfg, Rng& rng) {
 
   // Query (rows possibly padded), out (poisoned).
   const std::int64_t q_stride = std::int64_t(H) * D + cfg.q_row_pad;
-  pb.query = make_strided(cfg.dtype, {S, H, D}, {q_stride, D, 1}, std::max<std::int64_t>(S * q_stride, 1));
+  pb.query = make_strided(cfg.dtype, {R, H, D}, {q_stride, D, 1}, std::max<std::int64_t>(R * q_stride, 1));
   poison(pb.query.base(), cfg.dtype, pb.query.alloc_elems());
-  for (int i = 0; i < S; ++i)
+  for (int i = 0; i < R; ++i)
     for (std::int64_t e = 0; e < std::int64_t(H) * D; ++e)
       store_value(pb.query.view.data, cfg.dtype, i * q_stride + e, rng.uniform(-cfg.q_range, cfg.q_range));
-  pb.out = make_tensor(cfg.dtype, {S, H, D});
+  pb.out = make_tensor(cfg.dtype, {R, H, D});
   poison(pb.out.base(), cfg.dtype, pb.out.alloc_elems());
+  pb.lse = make_tensor(DType::kFloat32, {R, H});
+  poison(pb.lse.base(), DType::kFloat32, pb.lse.alloc_elems());
+  // per-kv-head scales: powers of two times a random factor, so encode/decode round trips stay meaningful
+  pb.k_scales = make_tensor(DType::kFloat32, {KVH});
+  pb.v_scales = make_tensor(DType::kFloat32, {KVH});
+  for (int g = 0; g < KVH; ++g) {
+    store_value(pb.k_scales.view.data, DType::kFloat32, g, rng.uniform(0.25, 2.0));
+    store_value(pb.v_scales.view.data, DType::kFloat32, g, rng.uniform(0.25, 2.0));
+  }
 
   // Caches: inner [D/x, BS, x] / [D, BS] packed; heads and blocks optionally padded.
   const std::int64_t chunks = (D + pb.x - 1) / pb.x;  // ceil: fp8 head_size 120 has 8 chunks of 16
@@ -411,6 +464,9 @@ inline HostProblem build_problem(const ProblemConfig& cfg, Rng& rng) {
   p.tp_rank = cfg.tp_rank;
   p.blocksparse = cfg.blocksparse;
   p.checked = cfg.checked;
+  p.window_left = cfg.window_left;
+  p.logits_soft_cap = cfg.logits_soft_cap;
+  if (cfg.per_head_scales) p.k_scale = p.v_scale = 1.0f;
   pb.rebind();
 
   // Fill the used slots of every referenced block; everything else stays NaN.
@@ -420,11 +476,15 @@ inline HostProblem build_problem(const ProblemConfig& cfg, Rng& rng) {
       const std::int64_t phys = pb.table(i, b);
       const int valid_slots = std::min(BS, lens[i] - b * BS);
       for (int g = 0; g < KVH; ++g) {
+        const int first_pos = lens[i] - (multi ? pb.cfg.q_lens[i] : 1);  // position of the sequence's first query row
+        // A block wholly before every row's window is never to be read: poison it too.
+        if (cfg.poison_masked && cfg.window_left >= 0 && (b + 1) * BS <= first_pos - cfg.window_left) continue;
         bool masked_for_all = cfg.poison_masked && cfg.blocksparse.enabled();
         if (masked_for_all) {
-          // Same rule as SPEC §3, evaluated here independently of the reference.
+          // Same rule as SPEC §3 (query block of the earliest row: local for one row is local
+          // for some), evaluated here independently of the reference.
           const auto& s = cfg.blocksparse;
-          const std::int64_t qb = (std::int64_t(lens[i]) - 1) / s.block_size, kb = std::int64_t(b) * BS / s.block_size;
+          const std::int64_t qb = std::int64_t(first_pos) / s.block_size, kb = std::int64_t(b) * BS / s.block_size;
           for (int h = g * group; h < (g + 1) * group && masked_for_all; ++h) {
             const std::int64_t off = s.head_sliding_step >= 0
                                          ? (std::int64_t(cfg.tp_rank) * H + h) * s.head_sliding_step + 1
