@@ -371,23 +371,25 @@ void fail_query_start_loc(const PagedAttentionParams& p, const AttentionShape& s
   }
 }
 
+void check_query_rows(const PagedAttentionParams& p, const AttentionShape& s, const std::int32_t* qsl,
+                      const std::int32_t* lens) {
+  if (qsl[0] != 0) fail_query_start_loc(p, s, 1, 0, qsl[0], 0);
+  for (int i = 0; i < s.num_seqs; ++i)
+    if (qsl[i + 1] < qsl[i]) fail_query_start_loc(p, s, 2, i, qsl[i + 1], qsl[i]);
+  if (qsl[s.num_seqs] != s.num_rows) fail_query_start_loc(p, s, 3, 0, qsl[s.num_seqs], 0);
+  for (int i = 0; i < s.num_seqs; ++i) {
+    const std::int64_t q_len = qsl[i + 1] - qsl[i];
+    if (lens[i] >= 0 && q_len > lens[i]) fail_query_start_loc(p, s, 4, i, q_len, lens[i]);
+    if (p.max_query_len > 0 && q_len > p.max_query_len) fail_query_start_loc(p, s, 5, i, q_len, 0);
+  }
+}
+
 void check_attention_data_host(const PagedAttentionParams& p, const AttentionShape& s) {
   const auto* lens = static_cast<const std::int32_t*>(p.seq_lens.data);
   const auto* bt = static_cast<const std::int32_t*>(p.block_tables.data);
-  const auto* qsl = s.multi_token ? static_cast<const std::int32_t*>(p.query_start_loc.data) : nullptr;
-  if (qsl != nullptr) {
-    if (qsl[0] != 0) fail_query_start_loc(p, s, 1, 0, qsl[0], 0);
-    for (int i = 0; i < s.num_seqs; ++i)
-      if (qsl[i + 1] < qsl[i]) fail_query_start_loc(p, s, 2, i, qsl[i + 1], qsl[i]);
-    if (qsl[s.num_seqs] != s.num_rows) fail_query_start_loc(p, s, 3, 0, qsl[s.num_seqs], 0);
-  }
+  if (s.multi_token) check_query_rows(p, s, static_cast<const std::int32_t*>(p.query_start_loc.data), lens);
   for (int i = 0; i < s.num_seqs; ++i) {
     const std::int64_t len = lens[i];
-    if (qsl != nullptr) {
-      const std::int64_t q_len = qsl[i + 1] - qsl[i];
-      if (len >= 0 && q_len > len) fail_query_start_loc(p, s, 4, i, q_len, len);
-      if (p.max_query_len > 0 && q_len > p.max_query_len) fail_query_start_loc(p, s, 5, i, q_len, 0);
-    }
     if (len < 0) fail_attention_data(p, s, 3, i, 0, len);
     if (len > p.max_seq_len) fail_attention_data(p, s, 1, i, 0, len);
     if (len > std::int64_t(s.max_blocks_per_seq) * s.block_size) fail_attention_data(p, s, 2, i, 0, len);

@@ -13,6 +13,12 @@ namespace pagedattn::detail {
 
 inline constexpr std::array<int, 9> kHeadSizes = {32, 64, 80, 96, 112, 120, 128, 192, 256};
 inline constexpr std::array<int, 3> kBlockSizes = {8, 16, 32};
+/// The largest entry of kHeadSizes (sizes fixed-capacity per-lane buffers in the kernels).
+constexpr int max_head_size() {
+  int m = 0;
+  for (int h : kHeadSizes) m = h > m ? h : m;
+  return m;
+}
 
 /// Shape facts of one validated attention call, derived once.
 struct AttentionShape {
@@ -74,6 +80,10 @@ MergeShape validate_merge_states(const MergeStatesParams& p);
 /// max_query_len. Shared by the CPU and the CUDA check.
 [[noreturn]] void fail_query_start_loc(const PagedAttentionParams& p, const AttentionShape& s, int kind, int seq,
                                        std::int64_t value, std::int64_t other);
+
+/// Checked mode's query_start_loc checks on host copies of query_start_loc and seq_lens.
+void check_query_rows(const PagedAttentionParams& p, const AttentionShape& s, const std::int32_t* qsl,
+                      const std::int32_t* lens);
 
 /// Cache operations (SPEC §6).
 struct CacheShape {

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 
+#include "core/validate.h"
 #include "cuda/common.cuh"
 #include "cuda/kernel_params.h"
 
@@ -59,27 +60,26 @@ struct AttentionTraits {
   static constexpr int kSmemBytes = 4 * (kMainFloats > kMergeFloats ? kMainFloats : kMergeFloats);
 };
 
-/// Block-sparse rule of SPEC §3 for one (query head, cache block).
-__device__ __forceinline__ bool sparse_attended(const AttentionKernelParams& p, int seq_len, int head, int kv_head,
-                                                int block_first_token) {
-  const int B = p.sparse_block_size;
-  const int qb = (seq_len - 1) / B;
-  const int kb = block_first_token / B;
-  if (kb > qb - p.sparse_local_blocks) return true;
-  const int step = p.sparse_sliding_step;
-  const long long off = step >= 0 ? (static_cast<long long>(p.tp_rank) * p.num_heads + head) * step + 1
-                                  : (static_cast<long long>(p.tp_rank) * p.num_kv_heads + kv_head) * (-step) + 1;
-  return (kb + off) % p.sparse_vert_stride == 0;
-}
-
-/// What one CTA of either attention kernel computes: grid (kv head x head tiles of H query
-/// heads, sequence, split).
+/// What one CTA of either attention kernel computes: grid (kv head x row tiles of H query
+/// rows, sequence, split). The rows of (sequence, kv head) are query token x head of the GQA
+/// group, token-major; row r of the CTA is row row0 + r of them.
 struct CtaWork {
-  int seq, split, kv_head, head0;
-  int nh;  ///< active query heads (the last tile of a group may be partial)
-  int seq_len, start, end;
-  bool empty;           ///< the split lies past the sequence: nothing to do
+  int seq, split, kv_head;
+  int group;           ///< heads per kv head
+  int row0;            ///< first row of the CTA among the sequence's rows of this kv head
+  int nr;              ///< active rows (the last tile may be partial)
+  int q_first, q_len;  ///< the sequence's query rows (query/out row index of token 0, count)
+  int seq_len, start, end;  ///< split [start, end) of the attended span
+  bool empty;           ///< no rows, or the split lies past the span: nothing to do
   bool write_partials;  ///< V2, or a split of a sequence that has several
+
+  __device__ __forceinline__ int token(int r) const { return (row0 + r) / group; }
+  /// Query head of row r.
+  __device__ __forceinline__ int head(int r) const { return kv_head * group + (row0 + r) % group; }
+  /// Row index into query / out / lse of row r.
+  __device__ __forceinline__ int qrow(int r) const { return q_first + token(r); }
+  /// Position of row r's query token in the sequence (it attends t <= pos).
+  __device__ __forceinline__ int pos(int r) const { return seq_len - q_len + token(r); }
 };
 
 template <int H>
@@ -87,45 +87,90 @@ __device__ __forceinline__ CtaWork cta_work(const AttentionKernelParams& p) {
   CtaWork w;
   w.seq = blockIdx.y;
   w.split = blockIdx.z;
-  w.kv_head = blockIdx.x / p.head_tiles;
-  const int tile_idx = blockIdx.x % p.head_tiles;
-  w.head0 = w.kv_head * p.group_size + tile_idx * H;
-  w.nh = min(H, p.group_size - tile_idx * H);
+  w.kv_head = blockIdx.x / p.row_tiles;
+  w.group = p.group_size;
+  w.row0 = (blockIdx.x % p.row_tiles) * H;
+  const QueryRows qr = query_rows(p.query_start_loc, w.seq);
+  w.q_first = qr.first;
+  w.q_len = qr.count;
+  w.nr = min(H, qr.count * p.group_size - w.row0);
   w.seq_len = p.seq_lens[w.seq];
-  w.start = w.split * p.partition_size;
-  const int num_splits = w.seq_len > 0 ? (w.seq_len + p.partition_size - 1) / p.partition_size : 1;
-  w.empty = w.split >= num_splits;
-  w.end = min(w.start + p.partition_size, w.seq_len);
+  const Span span = attended_span(p.rule, w.seq_len, qr.count, kSpanAlign);
+  const int num_splits = max(1, span_splits(span, p.partition_size));  // an empty sequence still writes zeros
+  w.start = span.lo + w.split * p.partition_size;
+  w.end = min(w.start + p.partition_size, span.hi);
+  w.empty = w.nr <= 0 || w.split >= num_splits;
   w.write_partials = p.always_partials || num_splits > 1;
   return w;
 }
 
-/// Last step of either attention kernel: merges the kWarps warps' results in a fixed order
-/// (deterministic) and writes `out`, or the split's partials (max logit, exp sum, normalised
-/// output). red_acc [kWarps][H][D] holds each warp's accumulator already rescaled to the
-/// CTA-wide max; red_m / red_l [kWarps][H] each warp's running max and sum.
+/// Per-CTA fp8 scales: per kv head when the call has them, else per tensor.
+struct CtaScales {
+  float qk, v;
+};
+__device__ __forceinline__ CtaScales cta_scales(const AttentionKernelParams& p, int kv_head) {
+  if (p.k_scales == nullptr) return {p.qk_scale, p.v_scale};
+  return {p.scale * p.k_scales[kv_head], p.v_scales[kv_head]};
+}
+
+/// Bit r set: row r of the CTA attends token t of logical block `lblock` (causal position,
+/// window, block-sparse). Only active rows: a padding row must not pull in masked pages.
+template <int H>
+__device__ __forceinline__ unsigned rows_attending(const AttentionKernelParams& p, const CtaWork& w, const int (&lo)[H],
+                                                   const int (&hi)[H], int t, int lblock) {
+  unsigned mask = (1u << w.nr) - 1u;
+  if (p.rows_vary) {
+    mask = 0u;
+#pragma unroll
+    for (int r = 0; r < H; ++r)
+      if (r < w.nr && t >= lo[r] && t <= hi[r]) mask |= 1u << r;
+  }
+  if (p.rule.sparse) {
+#pragma unroll
+    for (int r = 0; r < H; ++r)
+      if (((mask >> r) & 1u) && !p.rule.block_attended(hi[r], w.head(r), w.kv_head, lblock * p.block_size))
+        mask &= ~(1u << r);
+  }
+  return mask;
+}
+
+/// Attended token range [lo, hi] of each row of the CTA.
+template <int H>
+__device__ __forceinline__ void row_bounds(const AttentionKernelParams& p, const CtaWork& w, int (&lo)[H], int (&hi)[H]) {
+#pragma unroll
+  for (int r = 0; r < H; ++r) {
+    hi[r] = w.pos(r);
+    lo[r] = p.rule.first_token(hi[r]);
+  }
+}
+
+/// Last step of either attention kernel (the epilogue): merges the kWarps warps' results in a
+/// fixed order (deterministic) and writes `out` (and `lse`), or the split's partials (max
+/// logit, exp sum, normalised output). red_acc [kWarps][H][D] holds each warp's accumulator
+/// already rescaled to the CTA-wide max; red_m / red_l [kWarps][H] each warp's running max and sum.
 template <typename T, int H, int D>
 __device__ __forceinline__ void write_merged(const AttentionKernelParams& p, const CtaWork& w, const float* red_acc,
-                                             const float* red_m, const float* red_l) {
-  const std::int64_t row0 = static_cast<std::int64_t>(w.seq) * p.num_heads + w.head0;
-  for (int i = threadIdx.x; i < w.nh * D; i += kThreads) {
+                                             const float* red_m, const float* red_l, float v_scale) {
+  for (int i = threadIdx.x; i < w.nr * D; i += kThreads) {
     const int h = i / D;
     const int d = i % D;
-    float mx = -INFINITY;
+    float mx = neg_inf();
 #pragma unroll
-    for (int k = 0; k < kWarps; ++k) mx = fmaxf(mx, red_m[k * H + h]);
+    for (int k = 0; k < kWarps; ++k) mx = max_nan(mx, red_m[k * H + h]);
     float sum_l = 0.0f, o = 0.0f;
 #pragma unroll
     for (int k = 0; k < kWarps; ++k) {
       const float mk = red_m[k * H + h];
-      sum_l += mk == -INFINITY ? 0.0f : red_l[k * H + h] * __expf(mk - mx);
+      sum_l += mk == neg_inf() ? 0.0f : red_l[k * H + h] * __expf(mk - mx);
       o += red_acc[(k * H + h) * D + d];
     }
-    o = sum_l > 0.0f ? o / sum_l * p.v_scale : 0.0f;
+    o = sum_l == 0.0f ? 0.0f : o / sum_l * v_scale;  // NaN stays NaN
+    const std::int64_t row = static_cast<std::int64_t>(w.qrow(h)) * p.num_heads + w.head(h);
     if (!w.write_partials) {
-      static_cast<T*>(p.out)[(row0 + h) * D + d] = from_float<T>(o);
+      static_cast<T*>(p.out)[row * D + d] = from_float<T>(o);
+      if (d == 0 && p.lse != nullptr) p.lse[row] = lse_of(mx, sum_l);
     } else {
-      const std::int64_t prow = (row0 + h) * p.max_splits + w.split;
+      const std::int64_t prow = row * p.max_splits + w.split;
       if (d == 0) {
         p.max_logits[prow] = mx;
         p.exp_sums[prow] = sum_l;
@@ -148,8 +193,9 @@ __global__ void __launch_bounds__(kThreads)
 
   const CtaWork work = cta_work<HPC>(p);
   if (work.empty) return;
-  const int seq = work.seq, kv_head = work.kv_head, head0 = work.head0, nh = work.nh;
-  const int seq_len = work.seq_len, start = work.start, end = work.end;
+  const int seq = work.seq, kv_head = work.kv_head;
+  const int start = work.start, end = work.end;
+  const CtaScales scales = cta_scales(p, kv_head);
 
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
@@ -160,14 +206,20 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = tid / 32;
   const int lane = tid % 32;
 
-  const T* q = static_cast<const T*>(p.query) + static_cast<std::int64_t>(seq) * p.q_stride;
+  const T* q = static_cast<const T*>(p.query);
   for (int i = tid; i < HPC * D; i += kThreads) {
     const int h = i / D;
-    q_s[i] = h < nh ? to_float(q[static_cast<std::int64_t>(head0 + h) * D + i % D]) * p.qk_scale : 0.0f;
+    q_s[i] = h < work.nr ? to_float(q[static_cast<std::int64_t>(work.qrow(h)) * p.q_stride +
+                                      static_cast<std::int64_t>(work.head(h)) * D + i % D]) *
+                               scales.qk
+                         : 0.0f;
   }
   float slope[HPC];
+  int lo[HPC], hi[HPC];  // attended tokens [lo, hi] of each row
 #pragma unroll
-  for (int h = 0; h < HPC; ++h) slope[h] = (p.alibi_slopes != nullptr && h < nh) ? p.alibi_slopes[head0 + h] : 0.0f;
+  for (int h = 0; h < HPC; ++h)
+    slope[h] = (p.alibi_slopes != nullptr && h < work.nr) ? p.alibi_slopes[work.head(h)] : 0.0f;
+  row_bounds<HPC>(p, work, lo, hi);
   __syncthreads();
 
   const std::int32_t* bt = p.block_tables + static_cast<std::int64_t>(seq) * p.bt_stride;
@@ -184,24 +236,14 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < kND; ++i) acc[h][i] = 0.0f;
   }
   float* my_p = p_s + warp * HPC * kTile;
-  // bit h: query head h of the CTA attends logical block lblock (only the CTA's active
-  // heads: a padding head must not pull in masked pages)
-  auto attend_mask = [&](int lblock) {
-    if (!p.sparse) return (1u << nh) - 1u;
-    unsigned mask = 0u;
-#pragma unroll
-    for (int h = 0; h < HPC; ++h)
-      if (h < nh && sparse_attended(p, seq_len, head0 + h, kv_head, lblock * bs)) mask |= 1u << h;
-    return mask;
-  };
   // Online-softmax step of one tile: new running max per head, probabilities to my_p, the
   // rescale factor of the accumulators in alpha.
   auto softmax = [&](const float (&s)[HPC], unsigned head_mask, int t, float (&alpha)[HPC]) {
 #pragma unroll
     for (int h = 0; h < HPC; ++h) {
       float sh = -INFINITY;
-      if (head_mask & (1u << h)) sh = s[h] + slope[h] * static_cast<float>(t - seq_len + 1);
-      const float m_new = fmaxf(m[h], warp_max(sh));
+      if (head_mask & (1u << h)) sh = p.rule.logit(s[h], slope[h], t, hi[h]);
+      const float m_new = max_nan(m[h], warp_max(sh));
       float ph = 0.0f;
       alpha[h] = 1.0f;
       if (m_new != -INFINITY) {
@@ -252,10 +294,12 @@ __global__ void __launch_bounds__(kThreads)
     unsigned head_mask = 0;  // bit h: head h attends token t
     if (in_range) {
       page = bt[lblock];
-      head_mask = attend_mask(lblock);
+      head_mask = rows_attending<HPC>(p, work, lo, hi, t, lblock);
     }
-    if (!__any_sync(0xffffffffu, head_mask != 0)) continue;  // tile fully masked
-    my_pg[lane] = head_mask != 0 ? page : -1;
+    const unsigned attended = __ballot_sync(0xffffffffu, head_mask != 0);
+    if (attended == 0u) continue;  // tile fully masked
+    // a page is read for a run of 8 tokens when any row attends any of them (a run lies in one page)
+    my_pg[lane] = ((attended >> (lane & ~7)) & 0xffu) != 0u ? page : -1;
     __syncwarp();
 
     // Value vectors of this tile for this lane's head dimensions: vector j holds x tokens
@@ -264,14 +308,15 @@ __global__ void __launch_bounds__(kThreads)
     auto load_values = [&](std::uint32_t (&raw)[kND][4], int j) {
       const int tj = t0 + j * kX;
       const int pg0 = my_pg[j * kX];
-      const int pg1 = (kX > 8 && bs == 8) ? my_pg[j * kX + 8] : pg0;  // fp8 with 8-token blocks spans two pages
+      const int pg1 = kX > 8 ? my_pg[j * kX + 8] : pg0;  // fp8: 16 tokens, two 8-token runs (two pages with 8-token blocks)
+      const int pg = pg0 >= 0 ? pg0 : pg1;              // the page of both runs when blocks hold >= 16 tokens
 #pragma unroll
       for (int i = 0; i < kND; ++i) {
         const int d = lane + 32 * i;
         raw[i][0] = raw[i][1] = raw[i][2] = raw[i][3] = 0u;
         if (tj >= end || (pg0 < 0 && pg1 < 0) || !(D % 32 == 0 || d < D)) continue;
         if (kX <= 8 || bs >= 16) {
-          load_words<16>(vbase + static_cast<std::int64_t>(pg0) * p.v_block_stride + static_cast<std::int64_t>(d) * bs +
+          load_words<16>(vbase + static_cast<std::int64_t>(pg) * p.v_block_stride + static_cast<std::int64_t>(d) * bs +
                              (tj & (bs - 1)),
                          raw[i]);
         } else {  // 16 fp8 tokens from two 8-token pages
@@ -332,7 +377,7 @@ __global__ void __launch_bounds__(kThreads)
       const int tj = t0 + j * kX;  // first token of this value vector
       if (tj >= end) break;
       if constexpr (!Tr::kPrefetchV) {
-        if (my_pg[j * kX] < 0 && my_pg[j * kX + (kX > 8 && bs == 8 ? 8 : 0)] < 0) continue;
+        if (my_pg[j * kX] < 0 && my_pg[j * kX + (kX > 8 ? 8 : 0)] < 0) continue;
         load_values(vraw[0], j);
       }
 #pragma unroll
@@ -360,7 +405,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int h = 0; h < HPC; ++h) {
     float mx = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_m[w * HPC + h]);
+    for (int w = 0; w < kWarps; ++w) mx = max_nan(mx, red_m[w * HPC + h]);
     const float f = m[h] == -INFINITY ? 0.0f : __expf(m[h] - mx);
 #pragma unroll
     for (int i = 0; i < kND; ++i) {
@@ -370,13 +415,18 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  write_merged<T, HPC, D>(p, work, red_acc, red_m, red_l);
+  write_merged<T, HPC, D>(p, work, red_acc, red_m, red_l, scales.v);
 }
 
 inline constexpr int kReduceThreads = 256;
 inline constexpr int kReduceWarps = kReduceThreads / 32;
 inline constexpr int kReduceChunk = 1024;  ///< partition weights staged in shared memory at a time
-inline constexpr int kReduceMaxDims = 256;  ///< largest head size (8 dims per lane)
+/// Largest head size of the dispatch matrix (SPEC §4): the reduce keeps kReduceMaxDims / 32
+/// dims per lane, so a larger head added to the list fails to compile here instead of reading
+/// out of bounds.
+inline constexpr int kReduceMaxDims = 256;
+static_assert(max_head_size() <= kReduceMaxDims && kReduceMaxDims % 32 == 0,
+              "reduce_kernel's per-lane accumulator must hold the largest supported head size");
 
 /// Block-wide max or sum of one float per thread, in a fixed order (deterministic).
 template <bool kMax>
@@ -388,7 +438,7 @@ __device__ __forceinline__ float reduce_block(float v, float* scratch) {
   __syncthreads();
   float r = scratch[0];
 #pragma unroll
-  for (int w = 1; w < kReduceWarps; ++w) r = kMax ? fmaxf(r, scratch[w]) : r + scratch[w];
+  for (int w = 1; w < kReduceWarps; ++w) r = kMax ? max_nan(r, scratch[w]) : r + scratch[w];
   return r;
 }
 
@@ -400,10 +450,21 @@ __device__ __forceinline__ float reduce_block(float v, float* scratch) {
 template <typename T>
 __global__ void __launch_bounds__(kReduceThreads) reduce_kernel(const __grid_constant__ ReduceKernelParams p) {
   const int head = blockIdx.x;
-  const int seq = blockIdx.y;
+  const int qrow = blockIdx.y;  // query row: the sequence itself without query_start_loc
+  int seq = qrow, q_len = 1;
+  if (p.query_start_loc != nullptr) {  // the sequence owning the row: largest s with start[s] <= qrow
+    int lo = 0, hi = p.num_seqs;
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) / 2;
+      if (p.query_start_loc[mid] <= qrow) lo = mid; else hi = mid;
+    }
+    seq = lo;
+    q_len = p.query_start_loc[seq + 1] - p.query_start_loc[seq];
+  }
   const int seq_len = p.seq_lens[seq];
-  // clamp: with unchecked data a seq_len beyond max_seq_len must not read past the workspace
-  const int n = min(seq_len > 0 ? (seq_len + p.partition_size - 1) / p.partition_size : 0, p.num_launched);
+  // the splits the attention kernel made of this sequence's attended span; clamped: with
+  // unchecked data a seq_len beyond max_seq_len must not read past the workspace
+  const int n = min(span_splits(attended_span(p.rule, seq_len, q_len, kSpanAlign), p.partition_size), p.num_launched);
   if (p.skip_single && n <= 1) return;  // written directly by the attention kernel
   constexpr int kPerLane = kReduceMaxDims / 32;
   __shared__ float scratch[kReduceWarps];
@@ -412,16 +473,17 @@ __global__ void __launch_bounds__(kReduceThreads) reduce_kernel(const __grid_con
   const int D = p.head_size;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  const std::int64_t row = static_cast<std::int64_t>(seq) * p.num_heads + head;
+  const std::int64_t row = static_cast<std::int64_t>(qrow) * p.num_heads + head;
   const float* ml = p.max_logits + row * p.max_splits;
   const float* es = p.exp_sums + row * p.max_splits;
 
+  // empty partitions (exp sum 0) may hold anything in max_logits; NaN propagates
   float mx = -INFINITY;
   for (int j = threadIdx.x; j < n; j += kReduceThreads)
-    if (es[j] > 0.0f) mx = fmaxf(mx, ml[j]);
+    if (es[j] != 0.0f) mx = max_nan(mx, ml[j]);
   mx = reduce_block<true>(mx, scratch);
   float part_sum = 0.0f;
-  for (int j = threadIdx.x; j < n; j += kReduceThreads) part_sum += es[j] > 0.0f ? es[j] * __expf(ml[j] - mx) : 0.0f;
+  for (int j = threadIdx.x; j < n; j += kReduceThreads) part_sum += merge_weight(ml[j], es[j], mx);
   const float wsum = reduce_block<false>(part_sum, scratch);
 
   float acc[kPerLane];
@@ -432,7 +494,7 @@ __global__ void __launch_bounds__(kReduceThreads) reduce_kernel(const __grid_con
     __syncthreads();  // w_s of the previous chunk is no longer read
     for (int j = threadIdx.x; j < cn; j += kReduceThreads) {
       const int jj = c0 + j;
-      w_s[j] = es[jj] > 0.0f ? es[jj] * __expf(ml[jj] - mx) : 0.0f;  // empty partitions may hold anything
+      w_s[j] = merge_weight(ml[jj], es[jj], mx);  // 0 for an empty partition (its output may hold anything)
     }
     __syncthreads();
 #pragma unroll 4
@@ -455,8 +517,9 @@ __global__ void __launch_bounds__(kReduceThreads) reduce_kernel(const __grid_con
   for (int i = 0; i < kPerLane; ++i)
     if (lane + 32 * i < D) acc_s[warp][lane + 32 * i] = acc[i];
   __syncthreads();
-  const float inv = wsum > 0.0f ? 1.0f / wsum : 0.0f;
+  const float inv = wsum == 0.0f ? 0.0f : 1.0f / wsum;  // NaN stays NaN
   T* out = static_cast<T*>(p.out) + row * D;
+  if (threadIdx.x == 0 && p.lse != nullptr) p.lse[row] = lse_of(mx, wsum);
   for (int d = threadIdx.x; d < D; d += kReduceThreads) {
     float o = 0.0f;
 #pragma unroll

@@ -112,8 +112,9 @@ __global__ void __launch_bounds__(kThreads)
 
   const CtaWork work = cta_work<H>(p);
   if (work.empty) return;
-  const int seq = work.seq, kv_head = work.kv_head, head0 = work.head0, nh = work.nh;
-  const int seq_len = work.seq_len, start = work.start, end = work.end;
+  const int seq = work.seq, kv_head = work.kv_head, nh = work.nr;
+  const int start = work.start, end = work.end;
+  const CtaScales scales = cta_scales(p, kv_head);
 
   extern __shared__ float4 smem4[];
   float* q_s = reinterpret_cast<float*>(smem4);  // [H][D] unscaled queries (exact in T)
@@ -125,10 +126,12 @@ __global__ void __launch_bounds__(kThreads)
   const int r = lane / 4;  // fragment row group
   const int q = lane % 4;  // fragment column pair
 
-  const T* qg = static_cast<const T*>(p.query) + static_cast<std::int64_t>(seq) * p.q_stride;
+  const T* qg = static_cast<const T*>(p.query);
   for (int i = tid; i < H * D; i += kThreads) {
     const int h = i / D;
-    q_s[i] = h < nh ? to_float(qg[static_cast<std::int64_t>(head0 + h) * D + i % D]) : 0.0f;
+    q_s[i] = h < nh ? to_float(qg[static_cast<std::int64_t>(work.qrow(h)) * p.q_stride +
+                                   static_cast<std::int64_t>(work.head(h)) * D + i % D])
+                    : 0.0f;
   }
   __syncthreads();
 
@@ -146,11 +149,17 @@ __global__ void __launch_bounds__(kThreads)
         const float hi = d + 1 < D ? q_s[r * D + d + 1] : 0.0f;
         qb[kb][s][w] = pack2<T>(lo, hi);
       }
-  // This thread's two heads in the S^T / O^T accumulators: 2q and 2q+1.
+  // This thread's two rows in the S^T / O^T accumulators: 2q and 2q+1.
   float slope[2];
+  int row_pos[2];
 #pragma unroll
-  for (int e = 0; e < 2; ++e)
-    slope[e] = (p.alibi_slopes != nullptr && 2 * q + e < nh) ? p.alibi_slopes[head0 + 2 * q + e] : 0.0f;
+  for (int e = 0; e < 2; ++e) {
+    slope[e] = (p.alibi_slopes != nullptr && 2 * q + e < nh) ? p.alibi_slopes[work.head(2 * q + e)] : 0.0f;
+    row_pos[e] = work.pos(2 * q + e);
+  }
+  // attended tokens [lo, hi] of every row (the lane-per-token masks need all of them)
+  int lo[H], hi[H];
+  row_bounds<H>(p, work, lo, hi);
 
   const std::int32_t* bt = p.block_tables + static_cast<std::int64_t>(seq) * p.bt_stride;
   const CacheT* kbase = static_cast<const CacheT*>(p.key_cache) + static_cast<std::int64_t>(kv_head) * p.k_head_stride;
@@ -162,7 +171,6 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int t = 0; t < Tr::kDTiles; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
   T* my_p = p_s + warp * H * kTile;
-  const unsigned active_heads = (1u << nh) - 1u;
 
   // K and V stream through a per-warp ring of three shared-memory slots filled by cp.async,
   // issued three half-tiles ahead of use (keys of tile i, its values, keys of tile i+1, ...).
@@ -175,21 +183,13 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kStride = kWarps * kTile;
   const int first = start + warp * kTile;
   const int ntiles = first < end ? (end - first + kStride - 1) / kStride : 0;
-  // all active heads of the CTA attending logical block lb (bit h: head h)
-  auto head_mask = [&](int lb) -> unsigned {
-    if (!p.sparse) return active_heads;
-    unsigned mask = 0u;
-    for (int h = 0; h < nh; ++h)
-      if (sparse_attended(p, seq_len, head0 + h, kv_head, lb * bs)) mask |= 1u << h;
-    return mask;
-  };
   struct TileState {
     int tpage;       // cache block of token `lane` of the tile (keys are copied lane-per-token)
-    unsigned tmask;  // head_mask of it (0 past the split)
+    unsigned tmask;  // rows attending it (0 past the split)
     // the fragment lanes' view, derived by shuffles once the block-table read has landed:
     unsigned bits;  // tokens mt*16 + r + 8*hf (k = 2*mt + hf), 3 bits each: heads 2q, 2q+1 (bits
                     // 0, 1) and any active head (bit 2); 0 past the split
-    int vpage;      // cache block of tokens 8q..8q+7; -1: past the split or no head attends it
+    int vpage;      // cache block of tokens 8q..8q+7; -1: past the split or no row attends any of them
   };
   auto tile_state = [&](int i) {  // one block-table read per lane
     TileState st{0, 0u, 0u, -1};
@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(kThreads)
     if (t < end) {
       const int lb = t >> p.block_shift;
       st.tpage = bt[lb];
-      st.tmask = head_mask(lb);
+      st.tmask = rows_attending<H>(p, work, lo, hi, t, lb);
     }
     return st;
   };
@@ -208,9 +208,9 @@ __global__ void __launch_bounds__(kThreads)
       const unsigned m = __shfl_sync(0xffffffffu, st.tmask, (k >> 1) * 16 + r + 8 * (k & 1));
       st.bits |= (((m >> (2 * q)) & 3u) | (m != 0u ? 4u : 0u)) << (3 * k);
     }
-    const unsigned vm = __shfl_sync(0xffffffffu, st.tmask, 8 * q);
-    const int vp = __shfl_sync(0xffffffffu, st.tpage, 8 * q);
-    st.vpage = vm != 0u ? vp : -1;
+    const unsigned any = __ballot_sync(0xffffffffu, st.tmask != 0u);  // per token: some row attends it
+    const int vp = __shfl_sync(0xffffffffu, st.tpage, 8 * q);       // tokens 8q..8q+7 share one page
+    st.vpage = ((any >> (8 * q)) & 0xffu) != 0u ? vp : -1;
   };
   // key slot entry of (chunk, token of the tile); swizzled when copied lane-per-token so the
   // fragment reads (8 lanes: 2 tokens x 4 chunks) hit 8 different banks
@@ -317,13 +317,13 @@ __global__ void __launch_bounds__(kThreads)
           const int t = t0 + mt * 16 + r + 8 * hf;
           float v = -INFINITY;
           if ((st0.bits >> (3 * (2 * mt + hf) + e)) & 1u)
-            v = sacc[mt][2 * hf + e] * p.qk_scale + slope[e] * static_cast<float>(t - seq_len + 1);
+            v = p.rule.logit(sacc[mt][2 * hf + e] * scales.qk, slope[e], t, row_pos[e]);
           sv[mt * 2 + hf] = v;
-          mx = fmaxf(mx, v);
+          mx = max_nan(mx, v);
         }
 #pragma unroll
-      for (int off = 4; off < 32; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-      const float m_new = fmaxf(m[e], mx);
+      for (int off = 4; off < 32; off <<= 1) mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      const float m_new = max_nan(m[e], mx);
       alpha[e] = m_new == -INFINITY ? 1.0f : __expf(m[e] - m_new);
       float sum = 0.0f;
 #pragma unroll
@@ -436,7 +436,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int e = 0; e < 2; ++e) {
     float mx = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, red_m[w * H + 2 * q + e]);
+    for (int w = 0; w < kWarps; ++w) mx = max_nan(mx, red_m[w * H + 2 * q + e]);
     f[e] = m[e] == -INFINITY ? 0.0f : __expf(m[e] - mx);
   }
 #pragma unroll
@@ -451,7 +451,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   __syncthreads();
 
-  write_merged<T, H, D>(p, work, red_acc, red_m, red_l);
+  write_merged<T, H, D>(p, work, red_acc, red_m, red_l, scales.v);
 }
 
 }  // namespace pagedattn::detail::cuda

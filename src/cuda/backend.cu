@@ -35,7 +35,10 @@ AttentionKernelParams make_params(const PagedAttentionParams& p, const Attention
   k.value_cache = p.value_cache.data;
   k.block_tables = static_cast<const std::int32_t*>(p.block_tables.data);
   k.seq_lens = static_cast<const std::int32_t*>(p.seq_lens.data);
+  k.query_start_loc = s.multi_token ? static_cast<const std::int32_t*>(p.query_start_loc.data) : nullptr;
   k.alibi_slopes = p.alibi_slopes.defined() ? static_cast<const float*>(p.alibi_slopes.data) : nullptr;
+  k.k_scales = p.k_scales.defined() ? static_cast<const float*>(p.k_scales.data) : nullptr;
+  k.v_scales = p.v_scales.defined() ? static_cast<const float*>(p.v_scales.data) : nullptr;
   k.q_stride = s.q_stride;
   k.k_block_stride = s.kv_block_stride;
   k.k_head_stride = s.k_head_stride;
@@ -43,32 +46,35 @@ AttentionKernelParams make_params(const PagedAttentionParams& p, const Attention
   k.v_head_stride = s.v_head_stride;
   k.bt_stride = s.bt_stride;
   const bool fp8 = p.kv_cache_dtype != CacheDType::kAuto;
+  k.scale = p.scale;
   k.qk_scale = p.scale * (fp8 ? p.k_scale : 1.0f);
   k.v_scale = fp8 ? p.v_scale : 1.0f;
   k.num_heads = s.num_heads;
   k.num_kv_heads = s.num_kv_heads;
   k.group_size = s.group_size();
-  k.head_tiles = kc.head_tiles;
+  k.row_tiles = kc.head_tiles;
+  k.rows_vary = (s.multi_token || p.window_left >= 0) ? 1 : 0;
   k.block_size = s.block_size;
   k.block_shift = log2_exact(s.block_size);
-  k.sparse = p.blocksparse.enabled() ? 1 : 0;
-  k.sparse_local_blocks = p.blocksparse.local_blocks;
-  k.sparse_vert_stride = p.blocksparse.vert_stride;
-  k.sparse_block_size = p.blocksparse.block_size;
-  k.sparse_sliding_step = p.blocksparse.head_sliding_step;
-  k.tp_rank = p.tp_rank;
+  k.rule = make_logits_rule(p, s);
   k.out = p.out.data;
+  k.lse = p.lse.defined() ? static_cast<float*>(p.lse.data) : nullptr;
   return k;
 }
 
 dim3 attention_grid(const AttentionKernelParams& k, const AttentionShape& s, int splits) {
-  return dim3(static_cast<unsigned>(s.num_kv_heads * k.head_tiles), static_cast<unsigned>(s.num_seqs),
+  return dim3(static_cast<unsigned>(s.num_kv_heads * k.row_tiles), static_cast<unsigned>(s.num_seqs),
               static_cast<unsigned>(splits));
 }
 
-void check_grid(const AttentionShape& s, const char* op) {
+void check_grid(const AttentionShape& s, const KernelChoice& kc, const char* op) {
   if (s.num_seqs > 65535)
     fail(ErrorCode::kInvalidArgument, op, ": num_seqs ", s.num_seqs, " exceeds the CUDA grid limit 65535");
+  if (s.num_rows > 65535)
+    fail(ErrorCode::kInvalidArgument, op, ": ", s.num_rows, " query rows exceed the CUDA grid limit 65535 of the reduce");
+  if (static_cast<long long>(s.num_kv_heads) * kc.head_tiles > 0x7fffffffLL)
+    fail(ErrorCode::kInvalidArgument, op, ": num_kv_heads x row tiles (", s.num_kv_heads, " x ", kc.head_tiles,
+         ") exceeds the CUDA grid limit");
 }
 
 /// Merges the partials the attention kernel `k` wrote (V2 and the auto path's splits).
@@ -77,10 +83,14 @@ void launch_reduce(const PagedAttentionParams& p, const AttentionShape& s, const
                    int num_launched, bool skip_single, cudaStream_t stream) {
   ReduceKernelParams r{};
   r.out = p.out.data;
+  r.lse = k.lse;
   r.exp_sums = k.exp_sums;
   r.max_logits = k.max_logits;
   r.tmp_out = k.tmp_out;
   r.seq_lens = k.seq_lens;
+  r.query_start_loc = k.query_start_loc;
+  r.rule = k.rule;
+  r.num_seqs = s.num_seqs;
   r.tmp_out_f32 = k.tmp_out_f32;
   r.num_heads = s.num_heads;
   r.head_size = s.head_size;
@@ -88,7 +98,7 @@ void launch_reduce(const PagedAttentionParams& p, const AttentionShape& s, const
   r.max_splits = k.max_splits;
   r.num_launched = num_launched;
   r.skip_single = skip_single ? 1 : 0;
-  const dim3 grid(static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.num_seqs));
+  const dim3 grid(static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.num_rows));
   switch (s.dtype) {
     case DType::kFloat16: reduce_kernel<__half><<<grid, kReduceThreads, 0, stream>>>(r); break;
     case DType::kBFloat16: reduce_kernel<__nv_bfloat16><<<grid, kReduceThreads, 0, stream>>>(r); break;
@@ -101,8 +111,8 @@ void launch_reduce(const PagedAttentionParams& p, const AttentionShape& s, const
 
 void attention_v1(const PagedAttentionParams& p, const AttentionShape& s) {
   DeviceGuard guard(s.device.index);
-  check_grid(s, "paged_attention_v1");
   const KernelChoice kc = choose_kernel(p, s);
+  check_grid(s, kc, "paged_attention_v1");
   AttentionKernelParams k = make_params(p, s, kc, "paged_attention_v1");
   k.partition_size = 1 << 30;  // one pass over the whole sequence (online softmax: no length limit)
   k.max_splits = 1;
@@ -111,8 +121,8 @@ void attention_v1(const PagedAttentionParams& p, const AttentionShape& s) {
 
 void attention_v2(const PagedAttentionParams& p, const AttentionShape& s, const V2Workspace& ws) {
   DeviceGuard guard(s.device.index);
-  check_grid(s, "paged_attention_v2");
   const KernelChoice kc = choose_kernel(p, s);
+  check_grid(s, kc, "paged_attention_v2");
   AttentionKernelParams k = make_params(p, s, kc, "paged_attention_v2");
   k.partition_size = kPartitionSize;
   k.max_splits = static_cast<int>(ws.exp_sums.shape[2]);
@@ -140,7 +150,7 @@ AutoLayout auto_layout(const PagedAttentionParams& p, const AttentionShape& s, c
   // mode of a shape (reserved_splits >= the plan's splits)
   const int reserved = reserved_splits(in, a.plan);
   if (reserved <= 1) return a;
-  const std::size_t rows = static_cast<std::size_t>(s.num_seqs) * s.num_heads * reserved;
+  const std::size_t rows = static_cast<std::size_t>(s.num_rows) * s.num_heads * reserved;
   a.exp_sums_off = 0;
   a.max_logits_off = align256(rows * sizeof(float));
   a.tmp_out_off = a.max_logits_off + align256(rows * sizeof(float));
@@ -164,8 +174,7 @@ void attention_auto(const PagedAttentionParams& p, const AttentionShape& s, void
   if (reinterpret_cast<std::uintptr_t>(ws) % 256 != 0)
     fail(ErrorCode::kInvalidArgument, "paged_attention: workspace pointer must be 256-byte aligned");
   if (s.num_seqs == 0) return;
-  if (p.checked) check_attention_data(p, s);
-  check_grid(s, "paged_attention");
+  check_grid(s, kc, "paged_attention");
   AttentionKernelParams k = make_params(p, s, kc, "paged_attention");
   k.partition_size = a.plan.partition_size;
   k.max_splits = a.plan.num_splits;
@@ -181,6 +190,14 @@ void attention_auto(const PagedAttentionParams& p, const AttentionShape& s, void
   kc.launch(k, attention_grid(k, s, a.plan.num_splits), stream);
   if (a.plan.num_splits <= 1) return;
   launch_reduce(p, s, k, a.plan.num_splits, /*skip_single=*/true, stream);
+}
+
+void check_supported(const PagedAttentionParams& p, const AttentionShape& s) {
+  DeviceGuard guard(s.device.index);
+  const KernelChoice kc = choose_kernel(p, s);
+  check_grid(s, kc, "paged_attention");
+  require_aligned(p.key_cache, "paged_attention", "key_cache");
+  require_aligned(p.value_cache, "paged_attention", "value_cache");
 }
 
 }  // namespace pagedattn::detail::cuda

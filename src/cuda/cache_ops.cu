@@ -21,6 +21,8 @@ struct CacheWriteParams {
   std::int64_t k_block_stride, k_head_stride, v_block_stride, v_head_stride;
   int num_kv_heads, head_size, block_size, x;
   float k_scale, v_scale;  ///< fp8: byte = encode(x / scale)
+  const float* k_scales;   ///< [num_kv_heads] per-head scales, or nullptr (then k_scale / v_scale)
+  const float* v_scales;
 };
 
 template <typename T, CacheKind C>
@@ -55,8 +57,8 @@ __global__ void reshape_and_cache_kernel(const __grid_constant__ CacheWriteParam
     const std::int64_t kidx = block * p.k_block_stride + h * p.k_head_stride +
                               static_cast<std::int64_t>(d / p.x) * p.block_size * p.x + off * p.x + d % p.x;
     const std::int64_t vidx = block * p.v_block_stride + h * p.v_head_stride + static_cast<std::int64_t>(d) * p.block_size + off;
-    kc[kidx] = encode<T, C>(to_float(k[i]), p.k_scale);
-    vc[vidx] = encode<T, C>(to_float(v[i]), p.v_scale);
+    kc[kidx] = encode<T, C>(to_float(k[i]), p.k_scales != nullptr ? p.k_scales[h] : p.k_scale);
+    vc[vidx] = encode<T, C>(to_float(v[i]), p.v_scales != nullptr ? p.v_scales[h] : p.v_scale);
   }
 }
 
@@ -134,6 +136,8 @@ void reshape_and_cache(const ReshapeAndCacheParams& p, const CacheShape& s) {
   k.x = s.x;
   k.k_scale = p.k_scale;
   k.v_scale = p.v_scale;
+  k.k_scales = p.k_scales.defined() ? static_cast<const float*>(p.k_scales.data) : nullptr;
+  k.v_scales = p.v_scales.defined() ? static_cast<const float*>(p.v_scales.data) : nullptr;
   switch (s.dtype) {
     case DType::kFloat16: return launch_cache_write<__half>(p.kv_cache_dtype, k, s.num_tokens, stream);
     case DType::kBFloat16: return launch_cache_write<__nv_bfloat16>(p.kv_cache_dtype, k, s.num_tokens, stream);

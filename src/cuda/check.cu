@@ -3,6 +3,7 @@
 // an error naming it, instead of letting an attention or cache kernel read out of bounds.
 // This costs a launch, a 8-byte copy back and a stream synchronisation: a debugging mode.
 #include <mutex>
+#include <vector>
 
 #include "core/backend.h"
 #include "core/check.h"
@@ -87,6 +88,16 @@ void check_attention_data(const PagedAttentionParams& p, const AttentionShape& s
   const auto stream = static_cast<cudaStream_t>(p.stream);
   const auto* lens = static_cast<const std::int32_t*>(p.seq_lens.data);
   const auto* bt = static_cast<const std::int32_t*>(p.block_tables.data);
+  if (s.multi_token) {  // query_start_loc: copied back (num_seqs + 1 ints) and checked as on the host
+    std::vector<std::int32_t> qsl(static_cast<std::size_t>(s.num_seqs) + 1), host_lens(static_cast<std::size_t>(s.num_seqs));
+    check_cuda(cudaMemcpyAsync(qsl.data(), p.query_start_loc.data, qsl.size() * sizeof(std::int32_t),
+                               cudaMemcpyDefault, stream), "cudaMemcpyAsync (checked mode)");
+    if (!host_lens.empty())
+      check_cuda(cudaMemcpyAsync(host_lens.data(), lens, host_lens.size() * sizeof(std::int32_t), cudaMemcpyDefault,
+                                 stream), "cudaMemcpyAsync (checked mode)");
+    check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize (checked mode)");
+    check_query_rows(p, s, qsl.data(), host_lens.data());
+  }
   const unsigned long long bad = run_check(s.device.index, stream, [&](unsigned long long* slot) {
     const int blocks = (s.num_seqs + 3) / 4 < 1024 ? (s.num_seqs + 3) / 4 : 1024;
     check_attention_kernel<<<blocks, 128, 0, stream>>>(lens, bt, s.bt_stride, s.num_seqs, p.max_seq_len,

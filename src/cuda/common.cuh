@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "core/attention_rules.h"
 #include "core/check.h"
 
 namespace pagedattn::detail::cuda {
@@ -139,9 +140,10 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+/// Warp-wide max that propagates NaN (a NaN logit must reach the output, SPEC §3).
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 __device__ __forceinline__ float warp_sum(float v) {

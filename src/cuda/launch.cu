@@ -10,6 +10,7 @@
 #endif
 
 #include <algorithm>
+#include <mutex>
 #include <string>
 
 #include "core/check.h"
@@ -24,13 +25,6 @@ const AttentionInstance kInstances[] = {
 };
 
 }  // namespace
-
-int heads_per_cta(int group_size) {
-  if (group_size <= 1) return 1;
-  if (group_size <= 2) return 2;
-  if (group_size <= 4 || PAGEDATTN_MAX_HEADS_PER_CTA < 8) return 4;
-  return 8;
-}
 
 const AttentionInstance& find_instance(DType dtype, CacheDType cache, int head_size) {
   for (const auto& inst : kInstances)
@@ -55,23 +49,99 @@ int sm_count(int device) {
 }
 }  // namespace
 
+const std::vector<KernelSpec>& kernel_specs() {
+  static const std::vector<KernelSpec> specs = {
+      {"cuda_core_r1", 1, kSpanAlign, false},
+      {"cuda_core_r2", 2, kSpanAlign, false},
+      {"cuda_core_r4", 4, kSpanAlign, false},
+#if PAGEDATTN_MAX_HEADS_PER_CTA >= 8
+      {"cuda_core_r8", 8, kSpanAlign, false},
+#endif
+      {"tensor_core_r8", kMmaHeads, kSpanAlign, true},
+  };
+  return specs;
+}
+
+namespace {
+std::mutex g_kernel_mu;
+std::string g_forced;  // guarded by g_kernel_mu
+std::string g_last;    // guarded by g_kernel_mu
+}  // namespace
+
+void force_kernel(const std::string& name) {
+  if (!name.empty()) {
+    bool known = false;
+    std::string names;
+    for (const auto& k : kernel_specs()) {
+      known = known || name == k.name;
+      names += cat(names.empty() ? "" : ", ", k.name);
+    }
+    if (!known) fail(ErrorCode::kInvalidArgument, "force_kernel: unknown kernel '", name, "'; kernels: ", names);
+  }
+  std::lock_guard<std::mutex> lock(g_kernel_mu);
+  g_forced = name;
+}
+
+std::string forced_kernel() {
+  std::lock_guard<std::mutex> lock(g_kernel_mu);
+  return g_forced;
+}
+
+std::string last_kernel() {
+  std::lock_guard<std::mutex> lock(g_kernel_mu);
+  return g_last;
+}
+
+std::string kernel_unsupported_reason(const KernelSpec& spec, bool has_tensor_core_instance) {
+  if (spec.tensor_cores && !has_tensor_core_instance)
+    return cat(spec.name, " needs float16/bfloat16 queries and head_size <= 128 (and a build with "
+               "PAGEDATTN_TENSOR_CORES=ON)");
+  return {};
+}
+
 void KernelChoice::launch(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) const {
+  {
+    std::lock_guard<std::mutex> lock(g_kernel_mu);
+    g_last = spec->name;
+  }
   if (mma) return inst->launch_mma(kp, grid, stream);
   inst->launch(kp, heads, grid, stream);
 }
 
+namespace {
+const KernelSpec& spec_named(const std::string& name) {
+  for (const auto& k : kernel_specs())
+    if (name == k.name) return k;
+  fail(ErrorCode::kInvalidArgument, "unknown kernel '", name, "'");
+}
+}  // namespace
+
 KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& s) {
   KernelChoice k{};
   k.inst = &find_instance(s.dtype, p.kv_cache_dtype, s.head_size);
-  const int group = s.group_size();
-  // Tensor cores where they measured faster on the H100 (docs/performance.md, v0.3): groups
-  // above 4 (the CUDA-core kernel splits them over two CTAs and runs out of issue slots) and
-  // fp8 caches under GQA (conversion + FMA bound on CUDA cores). MHA and 16-bit caches with
-  // groups up to 4 stay on the CUDA-core kernel, which reads them at 91-102% of copy.
-  const bool fp8 = p.kv_cache_dtype != CacheDType::kAuto;
-  k.mma = PAGEDATTN_TENSOR_CORES && k.inst->launch_mma != nullptr && (group > 4 || (fp8 && group >= 2));
-  k.heads = k.mma ? kMmaHeads : heads_per_cta(group);
-  k.head_tiles = (group + k.heads - 1) / k.heads;
+  const long long rows = static_cast<long long>(s.max_q_len) * s.group_size();  // query rows of one kv head
+  const bool has_mma = PAGEDATTN_TENSOR_CORES && k.inst->launch_mma != nullptr;
+  const std::string forced = forced_kernel();
+  if (!forced.empty()) {
+    k.spec = &spec_named(forced);
+    const std::string why = kernel_unsupported_reason(*k.spec, has_mma);
+    if (!why.empty())
+      fail(ErrorCode::kUnsupported, "forced kernel ", forced, " cannot run query dtype ", dtype_name(s.dtype),
+           ", kv_cache_dtype ", cache_dtype_name(p.kv_cache_dtype), ", head_size ", s.head_size, ": ", why);
+  } else {
+    // Tensor cores where they measured faster on the H100 (docs/performance.md, v0.3): more
+    // than 4 rows (the CUDA-core kernel splits them over several CTAs and runs out of issue
+    // slots) and fp8 caches with 2 or more (conversion + FMA bound on CUDA cores). MHA and
+    // 16-bit caches with up to 4 rows stay on the CUDA-core kernel, which reads them at
+    // 91-102% of copy.
+    const bool fp8 = p.kv_cache_dtype != CacheDType::kAuto;
+    const bool mma = has_mma && (rows > 4 || (fp8 && rows >= 2));
+    const int cc_rows = rows <= 1 ? 1 : rows <= 2 ? 2 : (rows <= 4 || PAGEDATTN_MAX_HEADS_PER_CTA < 8) ? 4 : 8;
+    k.spec = &spec_named(mma ? "tensor_core_r8" : cat("cuda_core_r", cc_rows));
+  }
+  k.mma = k.spec->tensor_cores;
+  k.heads = k.spec->rows_per_cta;
+  k.head_tiles = static_cast<int>((rows + k.heads - 1) / k.heads);
   k.ctas_per_sm = k.mma ? k.inst->mma_ctas_per_sm() : k.inst->ctas_per_sm(k.heads);
   return k;
 }
@@ -81,8 +151,13 @@ SplitInputs split_inputs(const PagedAttentionParams& p, const AttentionShape& s,
   in.num_seqs = s.num_seqs;
   in.num_kv_heads = s.num_kv_heads;
   in.head_tiles = k.head_tiles;
-  in.max_seq_len = p.max_seq_len;
-  in.total_tokens = p.total_tokens;
+  // the planner sizes work from the attended span: with a window, at most q_len + window_left
+  // tokens (plus the alignment of its start), whatever the sequence's length
+  long long span = p.max_seq_len;
+  if (p.window_left >= 0) span = std::min<long long>(span, static_cast<long long>(s.max_q_len) + p.window_left + kSpanAlign - 1);
+  in.max_seq_len = static_cast<int>(span);
+  // the mixed-length hint counts tokens, not spans: meaningless under a window
+  in.total_tokens = p.window_left >= 0 ? 0 : p.total_tokens;
   in.batch_invariant = p.batch_invariant;
   in.sm_count = sm_count(s.device.index);
   in.ctas_per_sm = k.ctas_per_sm;

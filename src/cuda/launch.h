@@ -7,13 +7,10 @@
 #include "core/split_plan.h"
 #include "core/validate.h"
 #include "cuda/kernel_params.h"
+#include "cuda/kernel_registry.h"
 #include "pagedattn/attention.h"
 
 namespace pagedattn::detail::cuda {
-
-/// Heads of one GQA group computed by one CTA on the CUDA-core path (1, 2, 4; 8 when
-/// PAGEDATTN_MAX_HEADS_PER_CTA allows).
-int heads_per_cta(int group_size);
 
 /// One compiled (query dtype, cache dtype, head size) family; `hpc` picks the instance.
 struct AttentionInstance {
@@ -27,14 +24,16 @@ struct AttentionInstance {
   int (*mma_ctas_per_sm)();
 };
 
-/// Which kernel runs a call: the tensor-core one where it is built and measured faster (GQA
-/// groups above 4, fp8 caches with groups of 2 or more), else the CUDA-core one with `heads`
-/// query heads per CTA.
+/// Which kernel runs a call (kernel_registry.h): the tensor-core one where it is built and
+/// measured faster (more than 4 rows per kv head, or fp8 caches with 2 or more), else the
+/// CUDA-core one with the fewest rows per CTA that hold the rows (at most 4); or the kernel
+/// force_kernel() pinned.
 struct KernelChoice {
   const AttentionInstance* inst;
+  const KernelSpec* spec;
   bool mma;
-  int heads;        ///< query heads per CTA
-  int head_tiles;   ///< CTAs along one kv head's group
+  int heads;        ///< query rows per CTA
+  int head_tiles;   ///< CTAs along one (sequence, kv head): ceil(max_q_len * group / heads)
   int ctas_per_sm;  ///< occupancy, for the split planner
   void launch(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) const;
 };

@@ -1,0 +1,39 @@
+// The attention kernels the CUDA backend can launch, by name, without CUDA types (tests and
+// the benchmark include it from plain C++). Each (query dtype, cache dtype, head size)
+// instance has up to four kernels:
+//   cuda_core_r1 / _r2 / _r4: the CUDA-core kernel (attention_kernel.cuh) with 1, 2 or 4 query
+//                             rows per CTA (every instance);
+//   tensor_core_r8:           the tensor-core kernel (attention_mma.cuh), 8 rows per CTA
+//                             (float16/bfloat16 queries, head_size <= 128).
+// A CTA's rows are (query token x head) of one kv head's GQA group; a call needs
+// ceil(rows / rows_per_cta) CTAs per (sequence, kv head, split). The auto rule picks one;
+// force_kernel() pins one (tests run every kernel on purpose; the benchmark compares them).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace pagedattn::detail::cuda {
+
+struct KernelSpec {
+  const char* name;
+  int rows_per_cta;
+  int tile_tokens;  ///< tokens a warp streams per step
+  bool tensor_cores;
+};
+
+/// Every kernel of the registry, in the auto rule's order of preference among equals.
+const std::vector<KernelSpec>& kernel_specs();
+
+/// Pins the kernel every later attention call of this process uses (V1, V2 and auto); "" =
+/// the auto rule. An unknown name throws kInvalidArgument; a call the pinned kernel does not
+/// support throws kUnsupported naming why.
+void force_kernel(const std::string& name);
+std::string forced_kernel();
+/// Name of the kernel the last attention launch of this process ran ("" before any).
+std::string last_kernel();
+
+/// Why `spec` cannot run an instance (empty: it can): the instance lacks it in this build.
+std::string kernel_unsupported_reason(const KernelSpec& spec, bool has_tensor_core_instance);
+
+}  // namespace pagedattn::detail::cuda
