@@ -2,9 +2,12 @@
 // formulation, and properties that must hold whatever the data.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -138,9 +141,9 @@ HostProblem zero_problem(ProblemConfig c) {
           test::store_value(pb.key_cache.view.data, pb.cache_storage(), pb.key_offset(phys, g, d, t % c.block_size), 0);
           test::store_value(pb.value_cache.view.data, pb.cache_storage(), pb.value_offset(phys, g, d, t % c.block_size), 0);
         }
-  for (int i = 0; i < c.num_seqs; ++i)
+  for (int r = 0; r < pb.num_rows; ++r)  // every query row (several per sequence with q_lens)
     for (int e = 0; e < c.num_heads * c.head_size; ++e)
-      test::store_value(pb.query.view.data, c.dtype, i * pb.query.view.strides[0] + e, 0);
+      test::store_value(pb.query.view.data, c.dtype, r * pb.query.view.strides[0] + e, 0);
   return pb;
 }
 
@@ -628,6 +631,731 @@ TEST(ReferenceProperty, SlidingStepSignSelectsQueryOrKvHead) {
   // head 1, tp_rank 1: off = (1*4 + 1) * 1 + 1 = 6 -> even kb vertical, plus local kb 7.
   const std::vector<bool> expect1 = {true, false, true, false, true, false, true, true};
   EXPECT_EQ(mask(1), expect1);
+}
+
+
+// ---------------------------------------------------------------------------------------
+// SPEC §3b variants: multi-token rows, sliding window, soft-cap, ALiBi from the row's
+// position, LSE, merge, per-head fp8 scales, NaN propagation
+// ---------------------------------------------------------------------------------------
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+/// Sets key element d of token t (kv head g) of sequence i, leaving the value alone.
+void set_k(HostProblem& pb, int i, int t, int g, int d, double k) {
+  const std::int64_t phys = pb.table(i, t / pb.cfg.block_size);
+  test::store_value(pb.key_cache.view.data, pb.cache_storage(), pb.key_offset(phys, g, d, t % pb.cfg.block_size), k);
+}
+
+/// Sets value element d of token t (kv head g) of sequence i, leaving the key alone.
+void set_v(HostProblem& pb, int i, int t, int g, int d, double v) {
+  const std::int64_t phys = pb.table(i, t / pb.cfg.block_size);
+  test::store_value(pb.value_cache.view.data, pb.cache_storage(), pb.value_offset(phys, g, d, t % pb.cfg.block_size), v);
+}
+
+double lse_at(const std::vector<double>& l, const HostProblem& pb, int r, int h) {
+  return l[std::size_t(r) * pb.cfg.num_heads + h];
+}
+
+/// Query rows per sequence, from the test's own config (not from query_start_loc).
+std::vector<int> row_counts(const HostProblem& pb) {
+  std::vector<int> n(static_cast<std::size_t>(pb.cfg.num_seqs), 1);
+  if (!pb.cfg.q_lens.empty())
+    for (int i = 0; i < pb.cfg.num_seqs; ++i) n[i] = pb.cfg.q_lens[i];
+  return n;
+}
+
+/// SPEC §3 block-sparse rule for a query token at position pos (SPEC §3b), written again here.
+bool naive_keep_at(const HostProblem& pb, std::int64_t pos, int h, int g, std::int64_t t) {
+  const auto& s = pb.cfg.blocksparse;
+  if (s.vert_stride <= 1) return true;
+  const std::int64_t t0 = t / pb.cfg.block_size * pb.cfg.block_size;
+  const std::int64_t qb = pos / s.block_size, kb = t0 / s.block_size;
+  const std::int64_t off = s.head_sliding_step >= 0
+                               ? (std::int64_t(pb.cfg.tp_rank) * pb.cfg.num_heads + h) * s.head_sliding_step + 1
+                               : (std::int64_t(pb.cfg.tp_rank) * pb.cfg.num_kv_heads + g) * -std::int64_t(s.head_sliding_step) + 1;
+  return kb > qb - s.local_blocks || (kb + off) % s.vert_stride == 0;
+}
+
+struct NaiveResult {
+  std::vector<double> out, lse;
+};
+
+/// The §3b definition evaluated directly: per sequence, gather its pages into contiguous K
+/// and V (dequantised with the kv head's scale), then for every query row list the attended
+/// tokens, form their logits in the SPEC order and take the softmax. Shares no code with
+/// src/reference.
+NaiveResult naive_variant_attention(const HostProblem& pb) {
+  const auto& c = pb.cfg;
+  const auto& P = pb.params;
+  const int S = c.num_seqs, H = c.num_heads, KVH = c.num_kv_heads, D = c.head_size, BS = c.block_size;
+  const auto& kc = P.key_cache;
+  const auto& vc = P.value_cache;
+  const std::int64_t x = kc.shape[4];
+  const std::vector<int> qn = row_counts(pb);
+  const int R = std::accumulate(qn.begin(), qn.end(), 0);
+  NaiveResult res;
+  res.out.assign(std::size_t(R) * H * D, 0.0);
+  res.lse.assign(std::size_t(R) * H, -kInf);
+  auto scale_of = [&](bool key, int g) -> float {
+    if (c.per_head_scales)
+      return static_cast<const float*>(key ? pb.k_scales.view.data : pb.v_scales.view.data)[g];
+    return key ? P.k_scale : P.v_scale;
+  };
+  int row = 0;
+  for (int i = 0; i < S; ++i) {
+    const int L = pb.seq_len(i);
+    const auto* table = static_cast<const std::int32_t*>(P.block_tables.data) + i * P.block_tables.strides[0];
+    // K[g][t][d], V[g][t][d]
+    std::vector<double> K(std::size_t(KVH) * L * D), V(std::size_t(KVH) * L * D);
+    for (int g = 0; g < KVH; ++g)
+      for (int t = 0; t < L; ++t) {
+        const std::int64_t phys = table[t / BS], o = t % BS;
+        for (int d = 0; d < D; ++d) {
+          const std::size_t e = (std::size_t(g) * L + t) * D + d;
+          K[e] = naive_cache_elem(
+              pb, kc, phys * kc.strides[0] + g * kc.strides[1] + (d / x) * kc.strides[2] + o * kc.strides[3] + d % x,
+              scale_of(true, g));
+          V[e] = naive_cache_elem(pb, vc, phys * vc.strides[0] + g * vc.strides[1] + d * vc.strides[2] + o,
+                                  scale_of(false, g));
+        }
+      }
+    for (int j = 0; j < qn[i]; ++j, ++row) {
+      const int pos = L - qn[i] + j;
+      for (int h = 0; h < H; ++h) {
+        const int g = h / (H / KVH);
+        std::vector<double> q(D);
+        for (int d = 0; d < D; ++d)
+          q[d] = test::load_value(P.query.data, c.dtype, row * P.query.strides[0] + std::int64_t(h) * D + d);
+        const int first = c.window_left >= 0 ? std::max(0, pos - c.window_left) : 0;
+        std::vector<double> s;
+        std::vector<int> toks;
+        for (int t = first; t <= pos; ++t) {
+          if (!naive_keep_at(pb, pos, h, g, t)) continue;
+          double dot = 0.0;
+          for (int d = 0; d < D; ++d) dot += q[d] * K[(std::size_t(g) * L + t) * D + d];
+          double v = double(P.scale) * dot;
+          if (c.logits_soft_cap > 0) v = double(c.logits_soft_cap) * std::tanh(v / double(c.logits_soft_cap));
+          if (c.alibi) v += double(static_cast<const float*>(P.alibi_slopes.data)[h]) * (t - pos);
+          s.push_back(v);
+          toks.push_back(t);
+        }
+        if (s.empty()) continue;
+        const double m = *std::max_element(s.begin(), s.end());
+        double sum = 0.0;
+        for (double& v : s) sum += (v = std::exp(v - m));
+        res.lse[std::size_t(row) * H + h] = m + std::log(sum);
+        double* o = &res.out[(std::size_t(row) * H + h) * D];
+        for (std::size_t k = 0; k < toks.size(); ++k)
+          for (int d = 0; d < D; ++d) o[d] += s[k] / sum * V[(std::size_t(g) * L + toks[k]) * D + d];
+      }
+    }
+  }
+  return res;
+}
+
+/// A random problem exercising the §3b variants together (one seeded draw per call).
+ProblemConfig variant_config(test::Rng& rng) {
+  ProblemConfig c;
+  c.num_seqs = 3;
+  c.num_heads = 4;
+  c.num_kv_heads = std::vector<int>{1, 2, 4}[rng.randint(0, 2)];
+  c.head_size = rng.coin() ? 32 : 64;
+  c.block_size = rng.coin() ? 8 : 16;
+  c.dtype = std::vector<DType>{DType::kFloat32, DType::kFloat16, DType::kBFloat16}[rng.randint(0, 2)];
+  c.kv_cache_dtype = std::vector<CacheDType>{CacheDType::kAuto, CacheDType::kFp8E4M3, CacheDType::kFp8E5M2}[rng.randint(0, 2)];
+  c.min_len = 0;
+  c.max_len = 80;
+  if (rng.coin(0.7)) {
+    c.q_lens.clear();
+    for (int i = 0; i < c.num_seqs; ++i) c.q_lens.push_back(static_cast<int>(rng.randint(0, 5)));
+  }
+  c.window_left = rng.coin() ? -1 : static_cast<int>(rng.randint(0, 30));
+  c.logits_soft_cap = std::vector<float>{0.0f, 0.5f, 5.0f, 30.0f}[rng.randint(0, 3)];
+  c.alibi = rng.coin();
+  if (c.kv_cache_dtype != CacheDType::kAuto) {
+    c.per_head_scales = rng.coin();
+    c.k_scale = 0.75f;
+    c.v_scale = 1.5f;
+  }
+  if (rng.coin(0.3))
+    c.blocksparse = {static_cast<int>(rng.randint(0, 2)), static_cast<int>(rng.randint(2, 4)),
+                     c.block_size * static_cast<int>(rng.randint(1, 3)), static_cast<int>(rng.randint(-2, 2))};
+  c.tp_rank = static_cast<int>(rng.randint(0, 1));
+  c.q_range = 3.0;  // logits of a few units, so a soft-cap of 0.5 or 5 bites
+  c.cache_views = rng.coin();
+  c.q_row_pad = rng.coin() ? 7 : 0;
+  c.poison_masked = true;  // blocks no row may read hold NaN
+  c.lse = true;
+  return c;
+}
+
+std::string describe(const ProblemConfig& c) {
+  std::string s = std::string(dtype_name(c.dtype)) + " " + cache_dtype_name(c.kv_cache_dtype) + " kvh " +
+                  std::to_string(c.num_kv_heads) + " D " + std::to_string(c.head_size) + " bs " +
+                  std::to_string(c.block_size) + " q_lens";
+  for (int q : c.q_lens) s += " " + std::to_string(q);
+  s += " window " + std::to_string(c.window_left) + " cap " + std::to_string(c.logits_soft_cap) + " alibi " +
+       std::to_string(c.alibi) + " per_head " + std::to_string(c.per_head_scales) + " sparse " +
+       std::to_string(c.blocksparse.vert_stride);
+  return s;
+}
+
+TEST(ReferenceVariantsVsNaive, RandomProblems) {
+  PAGEDATTN_TEST_RNG(rng);
+  int rows_seen = 0, empty_rows = 0;
+  for (int rep = 0; rep < 40; ++rep) {
+    const ProblemConfig c = variant_config(rng);
+    HostProblem pb = build_problem(c, rng);
+    SCOPED_TRACE("rep " + std::to_string(rep) + ": " + describe(pb.cfg));
+    const NaiveResult n = naive_variant_attention(pb);
+    const auto out = ref::attention(pb.params);
+    const auto l = ref::lse(pb.params);
+    ASSERT_EQ(out.size(), std::size_t(pb.num_rows) * c.num_heads * c.head_size);
+    ASSERT_EQ(l.size(), std::size_t(pb.num_rows) * c.num_heads);
+    for (double v : out) ASSERT_TRUE(std::isfinite(v));  // poisoned blocks were never read
+    expect_close(out, n.out, kF64Rtol, kF64Atol, "out");
+    for (std::size_t k = 0; k < l.size(); ++k) {
+      ++rows_seen;
+      if (n.lse[k] == -kInf) {
+        ++empty_rows;
+        EXPECT_EQ(l[k], -kInf) << "row*head " << k;
+      } else {
+        EXPECT_NEAR(l[k], n.lse[k], kF64Atol + kF64Rtol * std::fabs(n.lse[k])) << "row*head " << k;
+      }
+    }
+  }
+  EXPECT_GT(rows_seen, 0);
+}
+
+TEST(ReferenceVariants, QueryRowsFollowQueryStartLoc) {
+  ProblemConfig c = tiny({5, 6, 0, 9});
+  c.q_lens = {0, 2, 0, 3};
+  HostProblem pb = zero_problem(c);
+  ASSERT_EQ(pb.num_rows, 5);
+  const auto rows = ref::query_rows(pb.params);
+  ASSERT_EQ(rows.size(), 5u);
+  const int seq[5] = {1, 1, 3, 3, 3};
+  const int pos[5] = {4, 5, 6, 7, 8};
+  for (int r = 0; r < 5; ++r) {
+    EXPECT_EQ(rows[r].seq, seq[r]) << r;
+    EXPECT_EQ(rows[r].pos, pos[r]) << r;
+    const auto s = ref::logits(pb.params, r, 0);
+    ASSERT_EQ(s.size(), std::size_t(pb.seq_len(seq[r]))) << r;
+    for (int t = 0; t < static_cast<int>(s.size()); ++t) EXPECT_EQ(std::isinf(s[t]), t > pos[r]) << r << " " << t;
+  }
+  // Without query_start_loc, row i is sequence i at seq_len - 1 (an empty one at -1).
+  HostProblem one = zero_problem(tiny({5, 0, 2}));
+  const auto r1 = ref::query_rows(one.params);
+  ASSERT_EQ(r1.size(), 3u);
+  EXPECT_EQ(r1[0].seq, 0);
+  EXPECT_EQ(r1[0].pos, 4);
+  EXPECT_EQ(r1[1].pos, -1);
+  EXPECT_EQ(r1[2].pos, 1);
+}
+
+TEST(ReferenceVariants, MultiTokenRowEqualsTruncatedOneTokenProblem) {
+  // Row j of sequence i sits at p and attends t <= p: exactly a one-token problem over the
+  // same caches and block table whose seq_len is p + 1 (window, soft-cap, ALiBi, sparsity
+  // all take p, which is the same in both).
+  PAGEDATTN_TEST_RNG(rng);
+  int compared = 0;
+  for (int rep = 0; rep < 12; ++rep) {
+    ProblemConfig c = variant_config(rng);
+    c.q_lens.clear();
+    for (int i = 0; i < c.num_seqs; ++i) c.q_lens.push_back(static_cast<int>(rng.randint(1, 6)));
+    HostProblem pb = build_problem(c, rng);
+    SCOPED_TRACE("rep " + std::to_string(rep) + ": " + describe(pb.cfg));
+    const auto out = ref::attention(pb.params);
+    const auto l = ref::lse(pb.params);
+    const int H = c.num_heads, D = c.head_size;
+    const auto* qsl = static_cast<const std::int32_t*>(pb.query_start_loc.view.data);
+    for (int i = 0; i < pb.cfg.num_seqs; ++i)
+      for (int r = qsl[i]; r < qsl[i + 1]; ++r) {
+        const int p = pb.seq_len(i) - pb.q_len(i) + (r - qsl[i]);
+        std::int32_t len1 = p + 1;
+        PagedAttentionParams one = pb.params;
+        one.query_start_loc = TensorView{};
+        one.lse = TensorView{};
+        one.query = TensorView::strided(static_cast<std::uint8_t*>(pb.query.view.data) +
+                                            r * pb.query.view.strides[0] * dtype_size(c.dtype),
+                                        c.dtype, {1, H, D}, {pb.query.view.strides[0], D, 1});
+        one.out = TensorView::contiguous(nullptr, c.dtype, {1, H, D});
+        one.seq_lens = TensorView::contiguous(&len1, DType::kInt32, {1});
+        one.block_tables = TensorView::strided(static_cast<std::int32_t*>(pb.block_tables.view.data) +
+                                                   i * pb.block_tables.view.strides[0],
+                                               DType::kInt32, {1, pb.max_blocks_per_seq}, {pb.block_tables.view.strides[0], 1});
+        one.max_seq_len = len1;
+        const auto o1 = ref::attention(one);
+        const auto l1 = ref::lse(one);
+        const std::vector<double> row(out.begin() + std::ptrdiff_t(r) * H * D, out.begin() + std::ptrdiff_t(r + 1) * H * D);
+        const std::vector<double> lrow(l.begin() + std::ptrdiff_t(r) * H, l.begin() + std::ptrdiff_t(r + 1) * H);
+        expect_close(row, o1, kF64Rtol, kF64Atol, "seq " + std::to_string(i) + " row " + std::to_string(r));
+        for (int h = 0; h < H; ++h)
+          if (l1[h] == -kInf)
+            EXPECT_EQ(lrow[h], -kInf);
+          else
+            EXPECT_NEAR(lrow[h], l1[h], kF64Atol + kF64Rtol * std::fabs(l1[h]));
+        ++compared;
+      }
+  }
+  EXPECT_GT(compared, 12);
+}
+
+TEST(ReferenceVariants, WindowHandCases) {
+  // Keys zero: every attended token weighs the same, so out = mean of v_t = t over the
+  // window [p - W, p]; window_left 0 keeps the token itself; lse = ln(window length).
+  for (int W : {0, 4, 19, 50}) {
+    SCOPED_TRACE("window_left " + std::to_string(W));
+    ProblemConfig c = tiny({20});
+    c.q_lens = {3};  // rows at p = 17, 18, 19
+    c.window_left = W;
+    HostProblem pb = zero_problem(c);
+    for (int t = 0; t < 20; ++t) set_kv(pb, 0, t, 0, 0, 0.0, t);
+    const auto out = ref::attention(pb.params);
+    const auto l = ref::lse(pb.params);
+    for (int j = 0; j < 3; ++j) {
+      const int p = 17 + j, lo = std::max(0, p - W);
+      EXPECT_NEAR(out_at(out, pb, j, 0, 0), 0.5 * (lo + p), 1e-13) << "row " << j;
+      EXPECT_NEAR(lse_at(l, pb, j, 0), std::log(double(p - lo + 1)), 1e-14) << "row " << j;
+      const auto s = ref::logits(pb.params, j, 0);
+      for (int t = 0; t < 20; ++t) EXPECT_EQ(std::isinf(s[t]), t < lo || t > p) << "row " << j << " t " << t;
+    }
+  }
+}
+
+TEST(ReferenceVariants, WindowEqualsMaskingLogitsByHand) {
+  // With a window, every logit equals the windowless one, except the tokens before p - W,
+  // which become -inf; the rows never read those tokens' blocks (poisoned: output finite).
+  PAGEDATTN_TEST_RNG(rng);
+  for (int rep = 0; rep < 8; ++rep) {
+    ProblemConfig c = variant_config(rng);
+    c.window_left = -1;
+    c.poison_masked = false;
+    c.blocksparse = {};
+    HostProblem full = build_problem(c, rng);
+    HostProblem win = full;
+    const int W = static_cast<int>(rng.randint(0, 25));
+    win.params.window_left = W;
+    SCOPED_TRACE("rep " + std::to_string(rep) + " W " + std::to_string(W) + ": " + describe(full.cfg));
+    const auto rows = ref::query_rows(full.params);
+    for (int r = 0; r < full.num_rows; ++r)
+      for (int h = 0; h < c.num_heads; ++h) {
+        const auto a = ref::logits(full.params, r, h);
+        const auto b = ref::logits(win.params, r, h);
+        ASSERT_EQ(a.size(), b.size());
+        for (std::size_t t = 0; t < a.size(); ++t) {
+          if (std::int64_t(t) < rows[r].pos - W)
+            EXPECT_EQ(b[t], -kInf) << r << " " << h << " " << t;
+          else
+            EXPECT_EQ(b[t], a[t]) << r << " " << h << " " << t;
+        }
+      }
+  }
+}
+
+TEST(ReferenceVariants, SoftCapClosedForms) {
+  // One token: the softmax weight is 1 whatever the cap; the logit is cap * tanh(s / cap).
+  {
+    ProblemConfig c = tiny({1});
+    c.logits_soft_cap = 2.0f;
+    HostProblem pb = zero_problem(c);
+    set_q(pb, 0, 0, 0, 3.0);
+    for (int d = 0; d < 32; ++d) set_kv(pb, 0, 0, 0, d, d == 0 ? 1.0 : 0.0, 0.5 * d);
+    EXPECT_EQ(ref::logits(pb.params, 0, 0)[0], 2.0 * std::tanh(1.5));
+    const auto out = ref::attention(pb.params);
+    for (int d = 0; d < 32; ++d) EXPECT_EQ(out_at(out, pb, 0, 0, d), 0.5 * d);
+    EXPECT_NEAR(ref::lse(pb.params)[0], 2.0 * std::tanh(1.5), 1e-15);
+  }
+  // Two tokens: s = (cap tanh(3 / cap), 0); v0 = e0, v1 = 2 e1.
+  for (float cap : {0.5f, 2.0f, 100.0f}) {
+    SCOPED_TRACE("cap " + std::to_string(cap));
+    ProblemConfig c = tiny({2});
+    c.logits_soft_cap = cap;
+    HostProblem pb = zero_problem(c);
+    set_q(pb, 0, 0, 0, 3.0);
+    set_kv(pb, 0, 0, 0, 0, 1.0, 1.0);
+    set_kv(pb, 0, 1, 0, 1, 0.0, 2.0);
+    const double s0 = double(cap) * std::tanh(3.0 / double(cap));
+    const auto s = ref::logits(pb.params, 0, 0);
+    EXPECT_NEAR(s[0], s0, 1e-15 * std::fabs(s0));
+    EXPECT_EQ(s[1], 0.0);
+    const double w0 = std::exp(s0);
+    const auto out = ref::attention(pb.params);
+    EXPECT_NEAR(out_at(out, pb, 0, 0, 0), w0 / (w0 + 1.0), 1e-15);
+    EXPECT_NEAR(out_at(out, pb, 0, 0, 1), 2.0 / (w0 + 1.0), 1e-15);
+    EXPECT_NEAR(ref::lse(pb.params)[0], std::log(w0 + 1.0), 1e-14);
+  }
+  // The cap applies before ALiBi: with cap 1 and slope 10 the biased logits still reach -20.
+  {
+    ProblemConfig c = tiny({3});
+    c.logits_soft_cap = 1.0f;
+    c.alibi = true;
+    HostProblem pb = zero_problem(c);
+    static_cast<float*>(pb.alibi_slopes.view.data)[0] = 10.0f;
+    set_q(pb, 0, 0, 0, 1.0);
+    set_kv(pb, 0, 0, 0, 0, 5.0, 0.0);  // q.k = 5 at t = 0
+    const auto s = ref::logits(pb.params, 0, 0);
+    EXPECT_NEAR(s[0], std::tanh(5.0) - 20.0, 1e-14);
+    EXPECT_EQ(s[1], -10.0);
+    EXPECT_EQ(s[2], 0.0);
+  }
+}
+
+TEST(ReferenceVariants, AlibiUsesTokenMinusRowPosition) {
+  // L = 4, two query rows at p = 2 and 3, keys zero, slope 0.5: logits 0.5 * (t - p).
+  ProblemConfig c = tiny({4});
+  c.q_lens = {2};
+  c.alibi = true;
+  HostProblem pb = zero_problem(c);
+  static_cast<float*>(pb.alibi_slopes.view.data)[0] = 0.5f;
+  for (int t = 0; t < 4; ++t) set_kv(pb, 0, t, 0, 0, 0.0, 10.0 * (t + 1));
+  const auto s0 = ref::logits(pb.params, 0, 0);
+  const auto s1 = ref::logits(pb.params, 1, 0);
+  const std::vector<double> e0 = {-1.0, -0.5, 0.0, -kInf}, e1 = {-1.5, -1.0, -0.5, 0.0};
+  EXPECT_EQ(s0, e0);
+  EXPECT_EQ(s1, e1);
+  const auto out = ref::attention(pb.params);
+  const auto l = ref::lse(pb.params);
+  for (int j = 0; j < 2; ++j) {
+    const auto& e = j == 0 ? e0 : e1;
+    double num = 0.0, den = 0.0;
+    for (int t = 0; t < 4; ++t) num += std::exp(e[t]) * 10.0 * (t + 1), den += std::exp(e[t]);
+    EXPECT_NEAR(out_at(out, pb, j, 0, 0), num / den, 1e-13) << j;
+    EXPECT_NEAR(lse_at(l, pb, j, 0), std::log(den), 1e-14) << j;
+  }
+}
+
+TEST(ReferenceVariants, LseIsLogSumExpOfTheLogits) {
+  PAGEDATTN_TEST_RNG(rng);
+  int empty = 0, nonempty = 0;
+  for (int rep = 0; rep < 12; ++rep) {
+    ProblemConfig c = variant_config(rng);
+    if (rep % 3 == 0) {
+      // Sequence 0 (3 tokens, query block 0) has every block masked: no local blocks, and
+      // block 0 is not vertical ((0 + 1) % 4 != 0).
+      c.blocksparse = {0, 4, c.block_size, 0};
+      c.seq_lens = {3, static_cast<int>(rng.randint(0, 80)), static_cast<int>(rng.randint(0, 80))};
+      if (!c.q_lens.empty()) c.q_lens[0] = 2;
+    }
+    HostProblem pb = build_problem(c, rng);
+    SCOPED_TRACE("rep " + std::to_string(rep) + ": " + describe(pb.cfg));
+    const auto l = ref::lse(pb.params);
+    const auto out = ref::attention(pb.params);
+    for (int r = 0; r < pb.num_rows; ++r)
+      for (int h = 0; h < c.num_heads; ++h) {
+        const auto s = ref::logits(pb.params, r, h);
+        double m = -kInf;
+        for (double v : s) m = std::max(m, v);
+        if (m == -kInf) {  // nothing attended: -inf and zeros
+          ++empty;
+          EXPECT_EQ(lse_at(l, pb, r, h), -kInf);
+          for (int d = 0; d < c.head_size; ++d) EXPECT_EQ(out_at(out, pb, r, h, d), 0.0);
+          continue;
+        }
+        ++nonempty;
+        double sum = 0.0;
+        for (double v : s) sum += std::exp(v - m);  // exp(-inf) = 0 for masked tokens
+        const double e = m + std::log(sum);
+        EXPECT_NEAR(lse_at(l, pb, r, h), e, kF64Atol + kF64Rtol * std::fabs(e)) << r << " " << h;
+      }
+  }
+  EXPECT_GT(nonempty, 0);
+  EXPECT_GT(empty, 0);
+}
+
+TEST(ReferenceVariants, EmptyRowsGiveZerosAndMinusInf) {
+  // seq_len 0 (the only way a one-token row is empty without sparsity) and a row whose every
+  // block is masked by sparsity.
+  HostProblem pb = zero_problem(tiny({0, 3}));
+  for (int t = 0; t < 3; ++t) set_kv(pb, 1, t, 0, 0, 0.0, 2.0);
+  const auto l = ref::lse(pb.params);
+  EXPECT_EQ(lse_at(l, pb, 0, 0), -kInf);
+  EXPECT_NEAR(lse_at(l, pb, 1, 0), std::log(3.0), 1e-15);
+  ProblemConfig c = tiny({24});
+  c.blocksparse = {0, 4, 8, 0};
+  c.q_lens = {2};
+  HostProblem sp = zero_problem(c);
+  const auto o = ref::attention(sp.params);
+  for (double v : o) EXPECT_EQ(v, 0.0);
+  for (double v : ref::lse(sp.params)) EXPECT_EQ(v, -kInf);
+}
+
+TEST(ReferenceMerge, HandCases) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const int D = 2;
+  //                      state 0      1          2           3          4            5
+  const std::vector<double> la = {-kInf, std::log(2.0), -kInf, std::log(2.0), 1000.0, nan};
+  const std::vector<double> lb = {0.7, -kInf, -kInf, std::log(6.0), 1000.0 + std::log(3.0), 0.0};
+  const std::vector<double> oa = {nan, nan, 3.0, -1.0, nan, nan, 1.0, 0.0, 4.0, 4.0, 1.0, 1.0};
+  const std::vector<double> ob = {1.0, 2.0, nan, nan, nan, nan, 0.0, 1.0, 0.0, 8.0, 1.0, 1.0};
+  const auto m = ref::merge_states(oa, la, ob, lb, D);
+  ASSERT_EQ(m.out.size(), 12u);
+  ASSERT_EQ(m.lse.size(), 6u);
+  // a -inf state contributes nothing, whatever its out holds
+  EXPECT_EQ(m.out[0], 1.0);
+  EXPECT_EQ(m.out[1], 2.0);
+  EXPECT_EQ(m.lse[0], 0.7);
+  EXPECT_EQ(m.out[2], 3.0);
+  EXPECT_EQ(m.out[3], -1.0);
+  EXPECT_EQ(m.lse[1], std::log(2.0));
+  // two -inf: zeros and -inf
+  EXPECT_EQ(m.out[4], 0.0);
+  EXPECT_EQ(m.out[5], 0.0);
+  EXPECT_EQ(m.lse[2], -kInf);
+  // weights 2 : 6
+  EXPECT_NEAR(m.out[6], 0.25, 1e-15);
+  EXPECT_NEAR(m.out[7], 0.75, 1e-15);
+  EXPECT_NEAR(m.lse[3], std::log(8.0), 1e-15);
+  // large lse (exp would overflow without the max): weights 1 : 3
+  EXPECT_NEAR(m.out[8], 1.0, 1e-13);
+  EXPECT_NEAR(m.out[9], 7.0, 1e-13);
+  EXPECT_NEAR(m.lse[4], 1000.0 + std::log(4.0), 1e-12);
+  // NaN in an lse reaches the merged row
+  EXPECT_TRUE(std::isnan(m.out[10]));
+  EXPECT_TRUE(std::isnan(m.out[11]));
+  EXPECT_TRUE(std::isnan(m.lse[5]));
+  // symmetric
+  const auto r = ref::merge_states(ob, lb, oa, la, D);
+  for (std::size_t k = 0; k < 10; ++k) EXPECT_NEAR(r.out[k], m.out[k], 1e-13) << k;
+  for (std::size_t k = 0; k < 5; ++k) EXPECT_EQ(r.lse[k], m.lse[k]) << k;
+  // sizes that disagree are refused
+  test::expect_error([&] { ref::merge_states(oa, la, ob, {0.0}, D); }, ErrorCode::kInvalidArgument, "merge_states");
+  test::expect_error([&] { ref::merge_states(oa, la, ob, lb, 3); }, ErrorCode::kInvalidArgument, "merge_states");
+}
+
+TEST(ReferenceMerge, DisjointSplitOfTheTokensMergesToAttentionOverAll) {
+  // Sequence i with L tokens, split at a = L - 1 - W: the prefix [0, a) is the same problem
+  // with seq_len a (its logits do not depend on the query's position without ALiBi and
+  // sparsity), the suffix [a, L) is the full problem with window_left W. Merging the two
+  // states gives attention and lse over all tokens; an empty prefix (a <= 0) merges as -inf.
+  PAGEDATTN_TEST_RNG(rng);
+  int empty_prefix = 0;
+  for (int rep = 0; rep < 10; ++rep) {
+    ProblemConfig c = variant_config(rng);
+    c.q_lens.clear();
+    c.alibi = false;
+    c.blocksparse = {};
+    c.window_left = -1;
+    c.poison_masked = false;
+    c.seq_lens = {1, static_cast<int>(rng.randint(1, 120)), static_cast<int>(rng.randint(1, 120))};
+    HostProblem pb = build_problem(c, rng);
+    const int W = static_cast<int>(rng.randint(0, 40));
+    SCOPED_TRACE("rep " + std::to_string(rep) + " W " + std::to_string(W) + ": " + describe(pb.cfg));
+    PagedAttentionParams suffix = pb.params;
+    suffix.window_left = W;
+    std::vector<std::int32_t> prefix_lens(3);
+    for (int i = 0; i < 3; ++i) {
+      prefix_lens[i] = std::max(pb.seq_len(i) - 1 - W, 0);
+      empty_prefix += prefix_lens[i] == 0;
+    }
+    PagedAttentionParams prefix = pb.params;
+    prefix.seq_lens = TensorView::contiguous(prefix_lens.data(), DType::kInt32, {3});
+    const auto m = ref::merge_states(ref::attention(prefix), ref::lse(prefix), ref::attention(suffix),
+                                     ref::lse(suffix), c.head_size);
+    expect_close(m.out, ref::attention(pb.params), kF64Rtol, kF64Atol, "out");
+    expect_close(m.lse, ref::lse(pb.params), kF64Rtol, kF64Atol, "lse");
+  }
+  EXPECT_GT(empty_prefix, 0);  // the 1-token sequence always has one
+}
+
+TEST(ReferenceMerge, FoldingV2PartitionsMergesToAttention) {
+  // Every V2 partition is a state over a disjoint token range (lse_j = m_j + ln l_j, -inf
+  // when nothing is attended); folding them with merge_states gives attention and lse.
+  PAGEDATTN_TEST_RNG(rng);
+  ProblemConfig c;
+  c.num_heads = 2;
+  c.num_kv_heads = 1;
+  c.head_size = 32;
+  c.block_size = 16;
+  c.seq_lens = {1, 63, 64, 65, static_cast<int>(rng.randint(100, 700))};
+  c.alibi = true;
+  c.blocksparse = {1, 3, 32, 1};  // some partitions fully masked
+  HostProblem pb = build_problem(c, rng);
+  const int P = 64, H = 2, D = 32, S = 5;
+  const auto parts = ref::attention_partitions(pb.params, P);
+  std::vector<double> acc_out(std::size_t(S) * H * D), acc_lse(std::size_t(S) * H);
+  for (int j = 0; j < parts.num_partitions; ++j) {
+    std::vector<double> o(std::size_t(S) * H * D), l(std::size_t(S) * H);
+    for (int i = 0; i < S; ++i)
+      for (int h = 0; h < H; ++h) {
+        const std::size_t row = (std::size_t(i) * H + h) * parts.num_partitions + j, k = std::size_t(i) * H + h;
+        const bool live = parts.valid[row] && parts.exp_sums[row] > 0.0;
+        l[k] = live ? parts.max_logits[row] + std::log(parts.exp_sums[row]) : -kInf;
+        for (int d = 0; d < D; ++d) o[k * D + d] = parts.out[row * D + d];
+      }
+    if (j == 0) {
+      acc_out = o;
+      acc_lse = l;
+    } else {
+      auto m = ref::merge_states(acc_out, acc_lse, o, l, D);
+      acc_out = std::move(m.out);
+      acc_lse = std::move(m.lse);
+    }
+  }
+  expect_close(acc_out, ref::attention(pb.params), kF64Rtol, kF64Atol, "out");
+  expect_close(acc_lse, ref::lse(pb.params), kF64Rtol, kF64Atol, "lse");
+}
+
+TEST(ReferenceVariants, PerHeadScalesEqualTheScalarScaleOfEachKvHead) {
+  PAGEDATTN_TEST_RNG(rng);
+  for (CacheDType f : {CacheDType::kFp8E4M3, CacheDType::kFp8E5M2}) {
+    ProblemConfig c = variant_config(rng);
+    c.kv_cache_dtype = f;
+    c.per_head_scales = true;
+    c.num_kv_heads = 2;
+    HostProblem pb = build_problem(c, rng);
+    SCOPED_TRACE(describe(pb.cfg));
+    ASSERT_TRUE(pb.params.k_scales.defined());
+    const auto out = ref::attention(pb.params);
+    const int H = c.num_heads, D = c.head_size, group = H / 2;
+    for (int g = 0; g < 2; ++g) {
+      PagedAttentionParams s = pb.params;
+      s.k_scales = TensorView{};
+      s.v_scales = TensorView{};
+      s.k_scale = static_cast<const float*>(pb.k_scales.view.data)[g];
+      s.v_scale = static_cast<const float*>(pb.v_scales.view.data)[g];
+      const auto o = ref::attention(s);
+      for (int r = 0; r < pb.num_rows; ++r)
+        for (int h = g * group; h < (g + 1) * group; ++h)
+          for (int d = 0; d < D; ++d)
+            ASSERT_EQ(out_at(out, pb, r, h, d), out_at(o, pb, r, h, d)) << g << " " << r << " " << h << " " << d;
+    }
+  }
+}
+
+TEST(ReferenceVariants, PerHeadScalesEqualScalingTheCacheByHand) {
+  // Power-of-two scales: decode(byte) * scale is exact in float32, so a float32 cache that
+  // holds the scaled values by hand must give bitwise the same result.
+  PAGEDATTN_TEST_RNG(rng);
+  for (CacheDType f : {CacheDType::kFp8E4M3, CacheDType::kFp8E5M2}) {
+    ProblemConfig c = variant_config(rng);
+    c.dtype = DType::kFloat32;
+    c.kv_cache_dtype = f;
+    c.per_head_scales = true;
+    c.poison_masked = false;
+    c.cache_views = false;
+    c.seq_lens = {static_cast<int>(rng.randint(1, 70)), static_cast<int>(rng.randint(1, 70)), 40};
+    HostProblem q8 = build_problem(c, rng);
+    SCOPED_TRACE(describe(q8.cfg));
+    for (int g = 0; g < c.num_kv_heads; ++g) {
+      static_cast<float*>(q8.k_scales.view.data)[g] = std::ldexp(1.0f, static_cast<int>(rng.randint(-2, 2)));
+      static_cast<float*>(q8.v_scales.view.data)[g] = std::ldexp(1.0f, static_cast<int>(rng.randint(-2, 2)));
+    }
+    ProblemConfig fc = q8.cfg;
+    fc.kv_cache_dtype = CacheDType::kAuto;
+    fc.per_head_scales = false;
+    fc.q_lens = c.q_lens;
+    HostProblem f32 = build_problem(fc, rng);
+    ASSERT_EQ(f32.num_blocks, q8.num_blocks);
+    ASSERT_EQ(f32.max_blocks_per_seq, q8.max_blocks_per_seq);
+    f32.query = q8.query;
+    f32.alibi_slopes = q8.alibi_slopes;
+    f32.block_tables = q8.block_tables;
+    f32.query_start_loc = q8.query_start_loc;
+    f32.rebind();
+    const auto* k8 = static_cast<const std::uint8_t*>(q8.key_cache.view.data);
+    const auto* v8 = static_cast<const std::uint8_t*>(q8.value_cache.view.data);
+    for (std::int64_t blk = 0; blk < q8.num_blocks; ++blk)
+      for (int g = 0; g < c.num_kv_heads; ++g) {
+        const float ks = static_cast<const float*>(q8.k_scales.view.data)[g];
+        const float vs = static_cast<const float*>(q8.v_scales.view.data)[g];
+        for (int d = 0; d < c.head_size; ++d)
+          for (int o = 0; o < c.block_size; ++o) {
+            static_cast<float*>(f32.key_cache.view.data)[f32.key_offset(blk, g, d, o)] =
+                fp8_to_float(k8[q8.key_offset(blk, g, d, o)], f) * ks;
+            static_cast<float*>(f32.value_cache.view.data)[f32.value_offset(blk, g, d, o)] =
+                fp8_to_float(v8[q8.value_offset(blk, g, d, o)], f) * vs;
+          }
+      }
+    expect_identical(ref::attention(q8.params), ref::attention(f32.params), "out");
+    expect_identical(ref::lse(q8.params), ref::lse(f32.params), "lse");
+  }
+}
+
+TEST(ReferenceVariants, NanPropagates) {
+  // Two sequences of 20 and 9 tokens with 3 and 2 query rows (positions 17..19 and 7..8),
+  // 4 query heads over 2 kv heads. A NaN reaches exactly the (row, head) outputs whose
+  // softmax or sum it enters; a NaN in a token no row attends is never read.
+  PAGEDATTN_TEST_RNG(rng);
+  ProblemConfig c;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_size = 32;
+  c.block_size = 8;
+  c.seq_lens = {20, 9};
+  c.q_lens = {3, 2};
+  c.alibi = rng.coin();
+  c.logits_soft_cap = rng.coin() ? 4.0f : 0.0f;
+  const HostProblem base = build_problem(c, rng);
+  const int H = 4, D = 32;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  // expect_nan(r, h, d): whether out[r, h, d] must be NaN (every other element must be finite).
+  // Returns the lse of the problem.
+  auto check = [&](const HostProblem& pb, const std::function<bool(int, int, int)>& expect_nan,
+                   const std::string& what) {
+    SCOPED_TRACE(what);
+    const auto out = ref::attention(pb.params);
+    int bad = 0;
+    for (int r = 0; r < 5; ++r)
+      for (int h = 0; h < H; ++h)
+        for (int d = 0; d < D; ++d) {
+          const double v = out_at(out, pb, r, h, d);
+          const bool ok = expect_nan(r, h, d) ? std::isnan(v) : std::isfinite(v);
+          if (!ok && ++bad <= 5) ADD_FAILURE() << "row " << r << " head " << h << " d " << d << ": " << v;
+        }
+    EXPECT_EQ(bad, 0);
+    return ref::lse(pb.params);
+  };
+  {  // NaN in q row 1, head 2: all logits of that (row, head) are NaN
+    HostProblem pb = base;
+    set_q(pb, 1, 2, 5, nan);
+    const auto l = check(pb, [](int r, int h, int) { return r == 1 && h == 2; }, "q");
+    for (int r = 0; r < 5; ++r)
+      for (int h = 0; h < H; ++h) EXPECT_EQ(std::isnan(lse_at(l, pb, r, h)), r == 1 && h == 2) << r << " " << h;
+  }
+  {  // NaN in key of sequence 0 token 18, kv head 1: rows at p = 18, 19 (rows 1, 2), heads 2, 3
+    HostProblem pb = base;
+    set_k(pb, 0, 18, 1, 3, nan);
+    const auto l = check(pb, [](int r, int h, int) { return (r == 1 || r == 2) && h >= 2; }, "k");
+    EXPECT_TRUE(std::isnan(lse_at(l, pb, 2, 3)));
+    EXPECT_TRUE(std::isfinite(lse_at(l, pb, 0, 3)));  // row at p = 17 never reads token 18
+    // window_left 0: the row at p = 19 attends only token 19
+    pb.params.window_left = 0;
+    check(pb, [](int r, int h, int) { return r == 1 && h >= 2; }, "k, window 0");
+  }
+  {  // NaN in value dim 7 of sequence 1 token 0, kv head 0: dim 7 of both rows of seq 1, heads 0, 1
+    HostProblem pb = base;
+    set_v(pb, 1, 0, 0, 7, nan);
+    check(pb, [](int r, int h, int d) { return r >= 3 && h < 2 && d == 7; }, "v");
+    pb.params.window_left = 7;  // rows at p = 7, 8: token 0 is in the first row's window only
+    check(pb, [](int r, int h, int d) { return r == 3 && h < 2 && d == 7; }, "v, window 7");
+  }
+  {  // a NaN key in the one attended token of a window-0 row: the whole row is NaN
+    HostProblem pb = base;
+    pb.params.window_left = 0;
+    set_k(pb, 1, 8, 0, 0, nan);
+    check(pb, [](int r, int h, int) { return r == 4 && h < 2; }, "only token NaN");
+  }
+  {  // V2 partitions: a NaN query row is NaN after the reduce too (every partition's max is NaN)
+    ProblemConfig one;
+    one.num_heads = 2;
+    one.num_kv_heads = 1;
+    one.head_size = 32;
+    one.seq_lens = {1100, 30};
+    HostProblem pb = build_problem(one, rng);
+    set_q(pb, 0, 1, 0, nan);
+    const auto parts = ref::attention_partitions(pb.params);
+    const auto red = ref::reduce_partitions(parts, static_cast<const std::int32_t*>(pb.seq_lens.view.data));
+    const auto out = ref::attention(pb.params);
+    for (int i = 0; i < 2; ++i)
+      for (int h = 0; h < 2; ++h)
+        for (int d = 0; d < 32; ++d) {
+          const bool want = i == 0 && h == 1;
+          EXPECT_EQ(std::isnan(out_at(red, pb, i, h, d)), want) << i << " " << h << " " << d;
+          EXPECT_EQ(std::isnan(out_at(out, pb, i, h, d)), want) << i << " " << h << " " << d;
+        }
+  }
 }
 
 }  // namespace
