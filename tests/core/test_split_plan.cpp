@@ -53,7 +53,6 @@ void expect_valid(const SplitInputs& in) {
   other.total_tokens = 0;
   other.batch_invariant = !in.batch_invariant;
   EXPECT_EQ(reserved_splits(other, plan_splits(other)), reserved);
-  EXPECT_EQ(plan_splits(in).num_splits, plan.num_splits) << "deterministic";
 }
 
 TEST(SplitPlan, PropertiesHoldOnRandomShapes) {

@@ -69,6 +69,7 @@ struct DeviceTensor {
 /// A HostProblem mirrored on the device; `params` points at device memory.
 struct DeviceProblem {
   DeviceTensor query, out, key_cache, value_cache, block_tables, seq_lens, alibi;
+  DeviceTensor query_start_loc, lse, k_scales, v_scales;  ///< variants (copied whether used or not)
   PagedAttentionParams params;
 
   explicit DeviceProblem(const HostProblem& h) {
@@ -79,6 +80,10 @@ struct DeviceProblem {
     block_tables = DeviceTensor::from(h.block_tables);
     seq_lens = DeviceTensor::from(h.seq_lens);
     alibi = DeviceTensor::from(h.alibi_slopes);
+    query_start_loc = DeviceTensor::from(h.query_start_loc);
+    lse = DeviceTensor::from(h.lse);
+    k_scales = DeviceTensor::from(h.k_scales);
+    v_scales = DeviceTensor::from(h.v_scales);
     params = h.params;
     params.query = query.view;
     params.out = out.view;
@@ -87,10 +92,22 @@ struct DeviceProblem {
     params.block_tables = block_tables.view;
     params.seq_lens = seq_lens.view;
     params.alibi_slopes = h.params.alibi_slopes.defined() ? alibi.view : TensorView{};
+    params.query_start_loc = h.params.query_start_loc.defined() ? query_start_loc.view : TensorView{};
+    params.lse = h.params.lse.defined() ? lse.view : TensorView{};
+    params.k_scales = h.params.k_scales.defined() ? k_scales.view : TensorView{};
+    params.v_scales = h.params.v_scales.defined() ? v_scales.view : TensorView{};
   }
-  /// Resets out to NaN (the host problem's poisoned out).
+  /// Resets out (and lse) to NaN (the host problem's poisoned buffers).
   void poison_out(const HostProblem& h) {
     cudaMemcpy(out.mem.get(), h.out.storage.data(), out.bytes, cudaMemcpyHostToDevice);
+    if (lse.bytes) cudaMemcpy(lse.mem.get(), h.lse.storage.data(), lse.bytes, cudaMemcpyHostToDevice);
+  }
+  std::vector<double> lse_values(const HostProblem& h) const {
+    HostTensor copy = h.lse;
+    lse.to_host(copy);
+    std::vector<double> r(static_cast<std::size_t>(copy.view.numel()));
+    for (std::size_t i = 0; i < r.size(); ++i) r[i] = static_cast<const float*>(copy.view.data)[i];
+    return r;
   }
   std::vector<double> out_values(const HostProblem& h) const {
     HostTensor copy = h.out;

@@ -8,52 +8,13 @@
 #include <sstream>
 #include <tuple>
 
+#include "core/validate.h"
+#include "cuda/check_util.h"
 #include "cuda/device_problem.h"
 #include "reference/reference.h"
 
 namespace pagedattn::test {
 namespace {
-
-/// Tolerance on an output element: |got - ref| <= atol + rtol * |ref|.
-/// Outputs are softmax-weighted averages of values in [-1, 1], so |out| <= 1.
-///  - float32: stored exactly; the error is float32 accumulation over <= 256-term dot
-///    products and up to 32k-token sums plus __expf's 2-ulp error: far below 1e-4.
-///  - float16: the result is rounded to f16 (half an ulp = 2^-11 relative, ulp at 1 = 2^-10);
-///    V2 rounds twice (tmp_out in T, then out): allow 2 ulp at magnitude 1.
-///  - bfloat16: same with bf16's 8-bit significand (ulp at 1 = 2^-7).
-/// fp8 caches add nothing: the reference decodes the same bytes exactly.
-struct Tol {
-  double atol, rtol;
-};
-Tol tolerance(DType t) {
-  switch (t) {
-    case DType::kFloat16: return {2.0 * 0.0009765625, 2.0 * 0.00048828125};
-    case DType::kBFloat16: return {2.0 * 0.0078125, 2.0 * 0.00390625};
-    default: return {1e-5, 1e-4};
-  }
-}
-
-::testing::AssertionResult close(const std::vector<double>& got, const std::vector<double>& want, Tol tol,
-                                 int heads, int head_size, const char* what) {
-  if (got.size() != want.size())
-    return ::testing::AssertionFailure() << what << ": size " << got.size() << " vs " << want.size();
-  std::size_t bad = 0, first = 0;
-  double worst = 0.0;
-  for (std::size_t i = 0; i < got.size(); ++i) {
-    const double err = std::fabs(got[i] - want[i]);
-    const bool ok = std::isfinite(got[i]) && err <= tol.atol + tol.rtol * std::fabs(want[i]);
-    if (!ok) {
-      if (bad++ == 0) first = i;
-    }
-    if (std::isfinite(err)) worst = std::max(worst, err);
-  }
-  if (bad == 0) return ::testing::AssertionSuccess();
-  const std::size_t row = first / head_size;
-  return ::testing::AssertionFailure() << what << ": " << bad << " of " << got.size() << " elements off; first at seq "
-                                       << row / heads << " head " << row % heads << " dim " << first % head_size
-                                       << ": got " << got[first] << " want " << want[first] << " (max finite error "
-                                       << worst << ", atol " << tol.atol << " rtol " << tol.rtol << ")";
-}
 
 /// Runs V1, V2 and auto on the device and checks each against the reference; also V2's
 /// partials against the reference's partials.
@@ -131,6 +92,25 @@ void check_all_paths(const HostProblem& h) {
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     EXPECT_TRUE(close(d.out_values(h), want, tol, H, D, what));
   }
+
+  // Every kernel of the registry the instance has, forced (the auto rule above picks one of
+  // them; each must be right on its own): V1 and auto.
+  for (const std::string& name : kernels_for(h)) {
+    SCOPED_TRACE("forced kernel " + name);
+    detail::cuda::ScopedKernel force(name);
+    d.poison_out(h);
+    paged_attention_v1(d.params);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(detail::cuda::last_kernel(), name);
+    EXPECT_TRUE(close(d.out_values(h), want, tol, H, D, "v1, forced kernel"));
+    const std::size_t fbytes = paged_attention_workspace_size(d.params);
+    DevicePtr fws = fbytes ? device_alloc(fbytes) : nullptr;
+    d.poison_out(h);
+    paged_attention(d.params, fws.get(), fbytes);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(detail::cuda::last_kernel(), name);
+    EXPECT_TRUE(close(d.out_values(h), want, tol, H, D, "auto, forced kernel"));
+  }
 }
 
 const char* dtype_tag(DType t) { return t == DType::kFloat32 ? "f32" : t == DType::kFloat16 ? "f16" : "bf16"; }
@@ -187,7 +167,7 @@ INSTANTIATE_TEST_SUITE_P(
     All, DispatchMatrix,
     ::testing::Combine(::testing::Values(DType::kFloat32, DType::kFloat16, DType::kBFloat16),
                        ::testing::Values(CacheDType::kAuto, CacheDType::kFp8E4M3, CacheDType::kFp8E5M2),
-                       ::testing::Values(8, 16, 32), ::testing::Values(32, 64, 80, 96, 112, 120, 128, 192, 256),
+                       ::testing::ValuesIn(detail::kBlockSizes), ::testing::ValuesIn(detail::kHeadSizes),
                        ::testing::Bool()),
     [](const ::testing::TestParamInfo<MatrixParam>& i) {
       std::ostringstream os;
