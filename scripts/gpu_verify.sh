@@ -60,10 +60,10 @@ if [ $skip_tests -eq 0 ]; then
 fi
 
 if [ $skip_san -eq 0 ]; then
-  san_filter='All/DispatchMatrix.MatchesReference/f16_auto_bs16_d128_*:All/DispatchMatrix.MatchesReference/bf16_e4m3_bs8_d120_*:All/DispatchMatrix.MatchesReference/f32_e5m2_bs32_d80_*:All/DispatchMatrix.MatchesReference/f16_e5m2_bs8_d256_sparse:Gqa/Groups.*/6:Edges/Lengths.*/6:CudaCheckedMode.*:CudaCacheOps.*:All/CudaReshapeAndCache.*:CudaAttention.AllEmptySequences:CudaAttention.MixedLengthsBatch'
+  san_filter='All/DispatchMatrix.MatchesReference/f16_auto_bs16_d128_*:All/DispatchMatrix.MatchesReference/bf16_e4m3_bs8_d120_*:All/DispatchMatrix.MatchesReference/f32_e5m2_bs32_d80_*:All/DispatchMatrix.MatchesReference/f16_e5m2_bs8_d256_sparse:Gqa/Groups.*/6:Edges/Lengths.*/6:CudaCheckedMode.*:CudaCacheOps.*:All/CudaReshapeAndCache.*:CudaAttention.AllEmptySequences:CudaAttention.MixedLengthsBatch:All/Variants.MatchReference/bf16_e4m3_all:All/Variants.MatchReference/f16_auto_multitoken:All/Variants.MatchReference/f32_e5m2_window:All/Variants.MatchReference/f16_e4m3_headscales:CudaVariants.*'
   for tool in memcheck racecheck; do
     f=$san_filter
-    [ $tool = racecheck ] && f='All/DispatchMatrix.MatchesReference/f16_auto_bs16_d128_*:All/DispatchMatrix.MatchesReference/bf16_e4m3_bs8_d120_sparse:Gqa/Groups.*/3:CudaAttention.MixedLengthsBatch'
+    [ $tool = racecheck ] && f='All/DispatchMatrix.MatchesReference/f16_auto_bs16_d128_*:All/DispatchMatrix.MatchesReference/bf16_e4m3_bs8_d120_sparse:Gqa/Groups.*/3:CudaAttention.MixedLengthsBatch:All/Variants.MatchReference/bf16_e4m3_all:CudaVariants.Merge*'
     compute-sanitizer --tool $tool --error-exitcode 99 "$build/tests/cuda/pagedattn_cuda_tests" --gtest_filter="$f" > "$out/sanitizer_$tool.log" 2>&1; r=$?
     say "compute-sanitizer $tool: rc=$r $(grep -E 'ERROR SUMMARY|^\[  PASSED  \]|^\[  FAILED  \]' "$out/sanitizer_$tool.log" | tr '\n' ' ')"
     [ $r -ne 0 ] && rc=1
