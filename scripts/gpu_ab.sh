@@ -7,6 +7,8 @@
 #   e.g. scripts/gpu_ab.sh $OUT "" "-DPAGEDATTN_MAX_HEADS_PER_CTA=4" --heads 64/8 --batch 8 --seq-len 4k,16k --algo auto
 #   BENCH_ARGS may also be "@FILE": one set of benchmark arguments per line of FILE
 #   (blank lines and lines starting with # are skipped), each run on A then B.
+#   AB_SRC_A / AB_SRC_B: source trees of A and B (default: this checkout), e.g. an export of
+#   an earlier commit (git archive REV | tar -x -C DIR) to time a change against it.
 set -uo pipefail
 out=$1; a=$2; b=$3; shift 3
 mkdir -p "$out"
@@ -16,7 +18,8 @@ prefix=""; [ -d "$root/.devdeps/usr" ] && prefix="-DCMAKE_PREFIX_PATH=$root/.dev
 for v in A B; do
   args=$a; [ $v = B ] && args=$b
   dir=/tmp/pagedattn_ab_$v
-  cmake -S "$root" -B $dir -G Ninja -DCMAKE_BUILD_TYPE=Release -DPAGEDATTN_BUILD_TESTS=OFF $prefix $trim $args > "$out/configure_$v.log" 2>&1 \
+  src=$root; [ $v = A ] && src=${AB_SRC_A:-$root}; [ $v = B ] && src=${AB_SRC_B:-$root}
+  cmake -S "$src" -B $dir -G Ninja -DCMAKE_BUILD_TYPE=Release -DPAGEDATTN_BUILD_TESTS=OFF $prefix $trim $args > "$out/configure_$v.log" 2>&1 \
     && cmake --build $dir -j"$(nproc)" --target pagedattn-bench > "$out/build_$v.log" 2>&1 || { echo "build $v failed"; tail -20 "$out/build_$v.log"; exit 1; }
 done
 run_case() {  # $1 = case number, rest = bench arguments
