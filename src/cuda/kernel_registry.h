@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "pagedattn/types.h"
+
 namespace pagedattn::detail::cuda {
 
 struct KernelSpec {
@@ -35,5 +37,19 @@ std::string last_kernel();
 
 /// Why `spec` cannot run an instance (empty: it can): the instance lacks it in this build.
 std::string kernel_unsupported_reason(const KernelSpec& spec, bool has_tensor_core_instance);
+/// The same for the instance (query dtype, cache dtype, head size); also names an instance
+/// this build does not hold at all.
+std::string kernel_unsupported_reason(const std::string& name, DType dtype, CacheDType cache, int head_size);
+/// RAII: pins a kernel for a scope (tests), restoring the previous choice.
+class ScopedKernel {
+ public:
+  explicit ScopedKernel(const std::string& name) : prev_(forced_kernel()) { force_kernel(name); }
+  ~ScopedKernel() { force_kernel(prev_); }
+  ScopedKernel(const ScopedKernel&) = delete;
+  ScopedKernel& operator=(const ScopedKernel&) = delete;
+
+ private:
+  std::string prev_;
+};
 
 }  // namespace pagedattn::detail::cuda

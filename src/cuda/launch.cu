@@ -99,6 +99,17 @@ std::string kernel_unsupported_reason(const KernelSpec& spec, bool has_tensor_co
   return {};
 }
 
+std::string kernel_unsupported_reason(const std::string& name, DType dtype, CacheDType cache, int head_size) {
+  try {
+    const AttentionInstance& inst = find_instance(dtype, cache, head_size);
+    for (const auto& k : kernel_specs())
+      if (name == k.name) return kernel_unsupported_reason(k, PAGEDATTN_TENSOR_CORES && inst.launch_mma != nullptr);
+    return cat("unknown kernel '", name, "'");
+  } catch (const Error& e) {
+    return e.what();
+  }
+}
+
 void KernelChoice::launch(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) const {
   {
     std::lock_guard<std::mutex> lock(g_kernel_mu);
