@@ -96,6 +96,12 @@ class Backend {
   /// `warmup` times, then times `iters` replays; each sample is replay time / calls_per_graph.
   virtual Samples time_graph(const std::function<void(int)>& call, int calls_per_graph, int warmup,
                              int iters) = 0;
+
+  /// Pins the attention kernel later calls launch (CUDA: detail::cuda::force_kernel); "" = the
+  /// library's own choice. Throws for an unknown name, or any name on a backend without kernels.
+  virtual void pin_kernel(const std::string& name) = 0;
+  /// The kernel the last attention launch ran ("" where the backend has no registry).
+  virtual std::string last_kernel() const = 0;
 };
 
 /// RAII buffer of a backend.

@@ -1,5 +1,6 @@
 #include "bench_case.h"
 
+#include <algorithm>
 #include <cctype>
 #include <sstream>
 #include <stdexcept>
@@ -28,6 +29,28 @@ const char* short_dtype_name(DType t) {
   }
 }
 
+std::int64_t Case::attended_tokens(int len) const {
+  if (window_left < 0) return len;
+  return std::min<std::int64_t>(len, std::int64_t(rows_per_seq()) + window_left);
+}
+
+std::string Case::variant_key() const {
+  std::ostringstream os;
+  const char* sep = "";
+  auto item = [&os, &sep]() -> std::ostringstream& {
+    os << sep;
+    sep = ", ";
+    return os;
+  };
+  if (window_left >= 0) item() << "window " << window_left;
+  if (soft_cap > 0.0f) item() << "soft-cap " << soft_cap;
+  if (q_len > 0) item() << "q_len " << q_len;
+  if (lse) item() << "lse";
+  if (per_head_scales) item() << "per-head scales";
+  if (!kernel.empty()) item() << "kernel " << kernel;
+  return os.str();
+}
+
 std::string Case::config_key() const {
   std::ostringstream os;
   os << short_dtype_name(dtype) << " kv=" << cache_dtype_name(kv_cache_dtype)
@@ -35,6 +58,8 @@ std::string Case::config_key() const {
   if (dist != SeqDist::kFixed) os << " " << dist_name(dist);
   if (alibi) os << " alibi";
   if (batch_invariant) os << " batch-invariant";
+  const std::string v = variant_key();
+  if (!v.empty()) os << " [" << v << "]";
   return os.str();
 }
 
@@ -45,6 +70,8 @@ std::string Case::describe() const {
      << ", seq " << (dist == SeqDist::kUniform ? "<=" : "") << seq_len;
   if (dist == SeqDist::kUniform) os << " (uniform)";
   if (alibi) os << ", alibi";
+  const std::string v = variant_key();
+  if (!v.empty()) os << ", " << v;
   return os.str();
 }
 

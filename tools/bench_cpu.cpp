@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <thread>
 
@@ -104,6 +105,11 @@ class CpuBackend final : public Backend {
   }
 
   Samples time_graph(const std::function<void(int)>&, int, int, int) override { return {}; }
+
+  void pin_kernel(const std::string& name) override {
+    if (!name.empty()) throw std::invalid_argument("--kernel " + name + ": kernels are pinned on the CUDA backend only");
+  }
+  std::string last_kernel() const override { return {}; }
 
  private:
   DeviceInfo info_;

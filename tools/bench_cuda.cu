@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "bench_backend.h"
+#include "cuda/kernel_registry.h"
 
 namespace pagedattn::bench {
 namespace {
@@ -199,6 +200,9 @@ class CudaBackend final : public Backend {
       throw;
     }
   }
+
+  void pin_kernel(const std::string& name) override { pagedattn::detail::cuda::force_kernel(name); }
+  std::string last_kernel() const override { return pagedattn::detail::cuda::last_kernel(); }
 
  private:
   int dev_ = 0;

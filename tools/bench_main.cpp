@@ -2,6 +2,7 @@
 // wall and checks every timed case against the float64 reference. See docs/bench.md.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <iostream>
@@ -50,6 +51,31 @@ std::vector<Case> cases_from_cli(const CliShape& s, bool cpu) {
   g.dist = parse_dist(s.dist);
   g.alibi = s.alibi;
   return expand({g});
+}
+
+/// The SPEC 3b variant options of the command line.
+struct VariantFlags {
+  int window_left = -1;
+  float soft_cap = 0.0f;
+  int q_len = 0;
+  bool per_head_scales = false;
+  bool lse = false;
+};
+
+/// Sets the variant options on every case. --per-head-scales applies to the fp8-cache cases
+/// only (a kv list such as auto,fp8 keeps its auto cases plain) and needs at least one.
+void apply_variants(const VariantFlags& v, std::vector<Case>& cases) {
+  if (v.per_head_scales && std::none_of(cases.begin(), cases.end(), [](const Case& c) {
+        return c.kv_cache_dtype != CacheDType::kAuto;
+      }))
+    throw std::invalid_argument("--per-head-scales needs an fp8 cache (--kv-cache-dtype fp8_e4m3 or fp8_e5m2)");
+  for (Case& c : cases) {
+    c.window_left = v.window_left;
+    c.soft_cap = v.soft_cap;
+    c.q_len = v.q_len;
+    c.per_head_scales = v.per_head_scales && c.kv_cache_dtype != CacheDType::kAuto;
+    c.lse = v.lse;
+  }
 }
 
 std::vector<Algo> parse_algos(const std::string& s) {
@@ -134,6 +160,24 @@ int run(int argc, char** argv) {
   bool batch_invariant = false;
   app.add_flag("--batch-invariant", batch_invariant,
                "auto path: fixed 512-token splits, so each sequence's output ignores its batch-mates");
+  // SPEC 3b variants (auto path only: v1/v2/vllm rows of such a case are reported n/a)
+  VariantFlags vf;
+  auto* o_window = app.add_option("--window", vf.window_left,
+                                  "auto path: sliding window, window_left = N (a query at p attends p-N..p); -1 = off")
+                       ->check(CLI::Range(-1, 1 << 30));
+  auto* o_cap = app.add_option("--soft-cap", vf.soft_cap, "auto path: logits soft-cap X (cap * tanh(s / cap)); 0 = off")
+                    ->check(CLI::Range(0.0f, 1e30f));
+  auto* o_qlen = app.add_option("--q-len", vf.q_len,
+                                "auto path: N query tokens per sequence through query_start_loc (query/out get batch*N "
+                                "rows; the N new tokens count in seq-len)")
+                     ->check(CLI::Range(1, 1 << 20));
+  auto* o_phs = app.add_flag("--per-head-scales", vf.per_head_scales,
+                             "auto path, fp8 caches: random per-kv-head k_scales/v_scales arrays instead of k_scale/v_scale");
+  auto* o_lse = app.add_flag("--lse", vf.lse, "auto path: also write the lse output (and check it)");
+  std::string kernel;
+  auto* o_kernel = app.add_option("--kernel", kernel,
+                                  "CUDA: pin the auto path to this registry kernel (cuda_core_r1, cuda_core_r2, "
+                                  "cuda_core_r4, tensor_core_r8); \"\" = the auto rule");
   app.add_option("--sweep", sweep_name, "run a named sweep (see --list-sweeps)");
   app.add_flag("--list-sweeps", list, "list the named sweeps and exit");
   app.add_option("--warmup", warmup, "warm-up calls per algo (default 5, cpu 2)");
@@ -152,7 +196,12 @@ int run(int argc, char** argv) {
                  "KV MiB read between two reuses of one KV buffer must exceed this (default 1024 on cuda, 64 on cpu)");
   app.add_flag("--quiet", quiet, "no progress lines on stderr");
   app.add_flag("--version", show_version, "print the version and exit");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);  // prints the message (or the help)
+    return rc == 0 ? 0 : 2;      // docs/bench.md: 2 for a bad command line
+  }
 
   if (show_version) {
     std::printf("pagedattn-bench %s (%s)\n", pagedattn::version(), pagedattn::built_with_cuda() ? "with CUDA" : "CPU only");
@@ -203,6 +252,7 @@ int run(int argc, char** argv) {
   const bool shape_given = o_dtype->count() || o_kv->count() || o_heads->count() || o_hs->count() || o_bs->count() ||
                            o_batch->count() || o_seq->count() || o_dist->count() || o_alibi->count();
   bool sweep_graph = false;
+  const bool variant_given = o_window->count() || o_cap->count() || o_qlen->count() || o_phs->count() || o_lse->count();
   try {
     o.algos = parse_algos(algos);
     if (!sweep_name.empty() && shape_given) {
@@ -222,9 +272,18 @@ int run(int argc, char** argv) {
                         "' has GPU-sized shapes only: on the CPU backend it takes a long time";
       sweep_graph = s->graph;
       info.sweep = s->name;
+      const bool has_variants =
+          std::any_of(cases.begin(), cases.end(), [](const Case& c) { return c.has_variant() || c.baseline > 0; });
+      if (has_variants && variant_given) {
+        std::fprintf(stderr, "pagedattn-bench: sweep '%s' sets its own variants; --window, --soft-cap, --q-len, "
+                             "--per-head-scales and --lse apply to shapes from the command line and other sweeps\n",
+                     s->name.c_str());
+        return 2;
+      }
     } else {
       cases = cases_from_cli(shape, cpu);
     }
+    if (variant_given) apply_variants(vf, cases);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "pagedattn-bench: %s\n", e.what());
     return 2;
@@ -245,6 +304,16 @@ int run(int argc, char** argv) {
 
   info.device = backend->info();
   for (auto& c : cases) c.batch_invariant = batch_invariant;
+  if (o_kernel->count()) {
+    try {
+      backend->pin_kernel(kernel);  // an unknown name fails here, with the list of kernels
+      backend->pin_kernel("");
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "pagedattn-bench: %s\n", e.what());
+      return 2;
+    }
+    for (auto& c : cases) c.kernel = kernel;
+  }
   info.num_cases = static_cast<int>(cases.size());
   if (!quiet) std::fprintf(stderr, "measuring copy bandwidth...\n");
   info.copy = backend->measure_copy_bandwidth();
@@ -261,8 +330,10 @@ int run(int argc, char** argv) {
     progress.start(static_cast<int>(k + 1), cases[k]);
     std::vector<Result> rows = run_case(*backend, cases[k], static_cast<int>(k + 1), o);
     progress.clear();
-    print_rows(std::cout, rows);
+    const std::size_t first = all.size();
     all.insert(all.end(), rows.begin(), rows.end());
+    relate_baselines(all);  // a baseline always precedes its variants in the run
+    print_rows(std::cout, std::vector<Result>(all.begin() + static_cast<std::ptrdiff_t>(first), all.end()));
   }
   print_summary(std::cout, info, all);
 

@@ -33,6 +33,7 @@ std::string check_label(const Result& r) {
     case CheckStatus::kNotRun: return "-";
     case CheckStatus::kPass: return "ok " + fmt("%.1e", r.max_abs_err);
     case CheckStatus::kFail: return "FAIL " + fmt("%.1e", r.max_abs_err);
+    case CheckStatus::kNotApplicable: return "n/a";
   }
   return "?";
 }
@@ -43,8 +44,37 @@ const char* check_word(const Result& r) {
     case CheckStatus::kNotRun: return "not_run";
     case CheckStatus::kPass: return "pass";
     case CheckStatus::kFail: return "fail";
+    case CheckStatus::kNotApplicable: return "not_applicable";
   }
   return "?";
+}
+
+/// The trailing notes of a table row: variant, kernel pinned / run, time against the baseline.
+std::string notes_label(const Result& r) {
+  std::string n;
+  auto add = [&n](const std::string& s) {
+    if (!s.empty()) n += (n.empty() ? "" : "; ") + s;
+  };
+  Case v = r.c;
+  v.kernel.clear();  // shown with the kernel that ran
+  add(v.variant_key());
+  if (!r.kernel_ran.empty() || !r.c.kernel.empty())
+    add("kernel " + (r.kernel_ran.empty() ? r.c.kernel : r.kernel_ran) + (r.c.kernel.empty() ? "" : " (pinned)"));
+  if (r.vs_baseline > 0.0) {
+    std::string b = fmt("%.2fx", r.vs_baseline) + " case " + std::to_string(r.c.baseline);
+    if (r.c.goal > 0.0) b += std::string(r.goal_met ? " (goal <= " : " (MISSED goal <= ") + fmt("%.2fx)", r.c.goal);
+    add(b);
+  }
+  if (r.c.lse && r.check != CheckStatus::kNotRun && r.check != CheckStatus::kNotApplicable && r.error.empty())
+    add("lse err " + fmt("%.1e", r.max_lse_err));
+  return n;
+}
+
+/// CSV field: quoted, with quotes and newlines replaced.
+std::string csv_text(std::string s) {
+  for (char& ch : s)
+    if (ch == '"' || ch == '\n') ch = '\'';
+  return "\"" + s + "\"";
 }
 
 std::string bytes_label(double b) {
@@ -82,6 +112,8 @@ void print_header(std::ostream& os, const RunInfo& info) {
   os << "\n                KV rotated over buffers so that > " << bytes_label(double(o.rotate_bytes))
      << " of KV is read between reuses of one buffer\n";
   os << "bytes:          KV read (sum of seq_len x kv_heads x head_size x 2 x cache element) + query + out;\n"
+     << "                with a window only the attended span min(seq_len, q_len + window) counts; query/out\n"
+     << "                have q_len rows per sequence (+ the lse output when written).\n"
      << "                V2 / auto workspace traffic is not counted. GB/s = bytes / median; %copy = GB/s / copy bandwidth\n";
   if (o.check) {
     os << "check:          each algo's output on up to " << o.check_seqs
@@ -91,7 +123,8 @@ void print_header(std::ostream& os, const RunInfo& info) {
       const Tolerance t = tolerance_for(dts[i]);
       os << (i ? ", " : "") << short_dtype_name(dts[i]) << " " << fmt("%.0e", t.atol) << "+" << fmt("%.0e", t.rtol);
     }
-    os << "); the column shows the max abs error\n";
+    os << "); the column shows the max abs error\n"
+       << "                lse (when written): |err| <= 1e-3 + 1e-4*|ref|; n/a: v1/v2/vllm on a SPEC 3b variant (auto only)\n";
   } else {
     os << "check:          off (--no-check)\n";
   }
@@ -100,43 +133,51 @@ void print_header(std::ostream& os, const RunInfo& info) {
 
 void print_table_header(std::ostream& os) {
   char buf[256];
-  std::snprintf(buf, sizeof(buf), "%4s  %-8s %-5s %5s %7s %4s %3s %-5s %-8s %7s %5s %10s %10s %10s %8s %6s  %s\n", "case",
-                "algo", "mode", "batch", "heads", "hs", "blk", "dtype", "kv", "seq_len", "alibi", "median us", "min us",
-                "max us", "GB/s", "%copy", "check");
+  std::snprintf(buf, sizeof(buf), "%4s  %-8s %-5s %5s %7s %4s %3s %-5s %-8s %7s %5s %10s %10s %10s %8s %6s  %-12s %s\n",
+                "case", "algo", "mode", "batch", "heads", "hs", "blk", "dtype", "kv", "seq_len", "alibi", "median us",
+                "min us", "max us", "GB/s", "%copy", "check", "notes");
   os << buf;
 }
 
 void print_rows(std::ostream& os, const std::vector<Result>& rows) {
-  char buf[512];
+  char buf[1024];
   for (const Result& r : rows) {
+    if (!r.not_applicable.empty()) continue;  // counted in the summary; kept in the CSV and JSON
     const std::string heads = std::to_string(r.c.num_heads) + "/" + std::to_string(r.c.num_kv_heads);
     const bool timed = r.iters > 0;
-    std::snprintf(buf, sizeof(buf), "%4d  %-8s %-5s %5d %7s %4d %3d %-5s %-8s %7s %5s %10s %10s %10s %8s %6s  %s\n",
+    const std::string notes = notes_label(r);
+    std::snprintf(buf, sizeof(buf), "%4d  %-8s %-5s %5d %7s %4d %3d %-5s %-8s %7s %5s %10s %10s %10s %8s %6s  %-12s %s",
                   r.case_index, algo_label(r).c_str(), mode_name(r.mode), r.c.batch, heads.c_str(), r.c.head_size,
                   r.c.block_size, short_dtype_name(r.c.dtype), cache_dtype_name(r.c.kv_cache_dtype), seq_label(r).c_str(),
                   r.c.alibi ? "yes" : "-", timed ? fmt("%.1f", r.median_us).c_str() : "-",
                   timed ? fmt("%.1f", r.min_us).c_str() : "-", timed ? fmt("%.1f", r.max_us).c_str() : "-",
                   timed ? fmt("%.1f", r.gbps).c_str() : "-", timed ? fmt("%.1f", r.pct_copy).c_str() : "-",
-                  check_label(r).c_str());
-    os << buf;
+                  check_label(r).c_str(), notes.c_str());
+    std::string line = buf;
+    line.erase(line.find_last_not_of(' ') + 1);  // no padding after the last column
+    os << line << "\n";
     if (!r.error.empty()) os << "      error: " << r.error << "\n";
   }
   os.flush();
 }
 
 void print_summary(std::ostream& os, const RunInfo& info, const std::vector<Result>& rows) {
-  int failed = 0, checked = 0, errors = 0;
+  int failed = 0, checked = 0, errors = 0, not_applicable = 0;
   for (const Result& r : rows) {
     if (!r.error.empty()) ++errors;
-    if (r.check != CheckStatus::kNotRun) ++checked;
+    if (r.check == CheckStatus::kPass || r.check == CheckStatus::kFail) ++checked;
     if (r.check == CheckStatus::kFail) ++failed;
+    if (!r.not_applicable.empty()) ++not_applicable;
   }
   os << "\n" << rows.size() << " rows over " << info.num_cases << " case(s); ";
   if (info.options.check)
     os << checked << " checked against the float64 reference, " << failed << " failed";
   else
     os << "not checked";
-  os << "; " << errors << " error(s)\n";
+  os << "; " << errors << " error(s)";
+  if (not_applicable > 0)
+    os << "; " << not_applicable << " not applicable (v1/v2/vllm on auto-only variants: left out of the table, in the CSV/JSON)";
+  os << "\n";
 
   // auto against the library's own paths and against vLLM's rule, per (case, mode).
   std::map<std::pair<int, TimingMode>, std::map<Algo, double>> med;
@@ -166,6 +207,35 @@ void print_summary(std::ostream& os, const RunInfo& info, const std::vector<Resu
   if (n_vllm > 0)
     os << "auto vs vLLM's rule on our v1/v2: at most " << fmt("%+.1f", worst_vllm) << "% time (case " << case_vllm
        << "; negative = auto faster everywhere)\n";
+
+  // Each variant against its baseline (the variants sweep): one line per (case, mode) of the
+  // auto path, the only one that takes the variants (the table has the other algos' ratios).
+  bool titled = false;
+  int goals = 0, missed = 0;
+  for (const Result& r : rows) {
+    if (r.c.baseline <= 0 || r.vs_baseline <= 0.0 || r.algo != Algo::kAuto) continue;
+    if (!titled) {
+      os << "\nvariant vs its baseline, auto path (median time ratio, same timing mode):\n";
+      titled = true;
+    }
+    const Result* base = nullptr;
+    for (const Result& b : rows)
+      if (b.case_index == r.c.baseline && b.algo == r.algo && b.mode == r.mode) base = &b;
+    char buf[512];
+    std::snprintf(buf, sizeof(buf), "  case %3d %-22s %-5s vs case %3d %-14s %6.2fx", r.case_index,
+                  (r.c.label.empty() ? r.c.variant_key() : r.c.label).c_str(), mode_name(r.mode), r.c.baseline,
+                  base ? (base->c.label.empty() ? "plain" : base->c.label.c_str()) : "?", r.vs_baseline);
+    os << buf << "  (b" << r.c.batch << " x " << r.c.seq_len;
+    if (base) os << " vs b" << base->c.batch << " x " << base->c.seq_len;
+    os << ")";
+    if (r.c.goal > 0.0) {
+      ++goals;
+      if (!r.goal_met) ++missed;
+      os << (r.goal_met ? "  goal <= " : "  MISSED goal <= ") << fmt("%.2fx", r.c.goal);
+    }
+    os << "\n";
+  }
+  if (goals > 0) os << goals - missed << " of " << goals << " goal(s) met\n";
 }
 
 void write_csv(const std::string& path, const std::vector<Result>& rows) {
@@ -173,7 +243,9 @@ void write_csv(const std::string& path, const std::vector<Result>& rows) {
   if (!f) throw std::runtime_error("cannot write CSV file " + path);
   f << "case,group,algo,ran,mode,batch,num_heads,num_kv_heads,head_size,block_size,dtype,kv_cache_dtype,seq_len,"
        "seq_len_dist,alibi,max_seq_len,mean_seq_len,total_tokens,kv_bytes,bytes,num_buffers,reuse_distance_bytes,"
-       "calls_per_graph,iters,median_us,min_us,max_us,gbps,pct_copy,check,max_abs_err,err_over_tol,error\n";
+       "calls_per_graph,iters,median_us,min_us,max_us,gbps,pct_copy,check,max_abs_err,err_over_tol,error,"
+       "window_left,soft_cap,q_len,per_head_scales,lse,kernel,kernel_ran,query_rows,attended_tokens,qo_bytes,"
+       "max_lse_err,label,baseline_case,vs_baseline,goal,goal_met,not_applicable\n";
   for (const Result& r : rows) {
     std::string err = r.error;
     for (char& ch : err)
@@ -186,7 +258,11 @@ void write_csv(const std::string& path, const std::vector<Result>& rows) {
       << r.kv_bytes << "," << r.bytes << "," << r.num_buffers << "," << r.reuse_distance_bytes << ","
       << r.calls_per_graph << "," << r.iters << "," << r.median_us << "," << r.min_us << "," << r.max_us << ","
       << r.gbps << "," << r.pct_copy << "," << check_word(r) << "," << r.max_abs_err << "," << r.worst_err_over_tol
-      << ",\"" << err << "\"\n";
+      << ",\"" << err << "\"," << r.c.window_left << "," << r.c.soft_cap << "," << r.c.q_len << ","
+      << (r.c.per_head_scales ? 1 : 0) << "," << (r.c.lse ? 1 : 0) << "," << r.c.kernel << "," << r.kernel_ran << ","
+      << r.query_rows << "," << r.attended_tokens << "," << r.qo_bytes << "," << r.max_lse_err << ","
+      << csv_text(r.c.label) << "," << r.c.baseline << "," << r.vs_baseline << "," << r.c.goal << ","
+      << (r.goal_met ? 1 : 0) << "," << csv_text(r.not_applicable) << "\n";
   }
 }
 
@@ -221,6 +297,12 @@ void write_json(const std::string& path, const RunInfo& info, const std::vector<
   j["check_tolerance"] = tol;
   j["notes"] = {"bytes = KV bytes read (sum over sequences of seq_len x num_kv_heads x head_size x 2 x cache element "
                 "size) + query + out; V2 and auto workspace traffic is not counted",
+                "with a sliding window the KV bytes count only the attended span of each sequence, "
+                "min(seq_len, q_len + window_left) tokens (attended_tokens); query/out count query_rows = batch x q_len "
+                "rows, plus the lse output (rows x heads x 4) when written",
+                "check 'not_applicable': v1/v2/vllm rows of a case with a SPEC 3b variant (auto only), neither timed "
+                "nor checked",
+                "vs_baseline = median_us / the median_us of case baseline_case with the same algo and mode",
                 "times are microseconds per call; graph rows divide a replay by calls_per_graph",
                 "vllm rows apply vLLM's V1/V2 rule to this library's v1/v2 ('ran'); reused = samples shared with that row"};
   json res = json::array();
@@ -265,6 +347,22 @@ void write_json(const std::string& path, const RunInfo& info, const std::vector<
     x["err_over_tol"] = num(r.worst_err_over_tol);
     x["checked_seqs"] = r.checked_seqs;
     x["error"] = r.error;
+    x["window_left"] = r.c.window_left;
+    x["soft_cap"] = r.c.soft_cap;
+    x["q_len"] = r.c.q_len;
+    x["per_head_scales"] = r.c.per_head_scales;
+    x["lse"] = r.c.lse;
+    x["kernel"] = r.c.kernel;
+    x["kernel_ran"] = r.kernel_ran;
+    x["query_rows"] = r.query_rows;
+    x["attended_tokens"] = r.attended_tokens;
+    x["max_lse_err"] = num(r.max_lse_err);
+    x["label"] = r.c.label;
+    x["baseline_case"] = r.c.baseline;
+    x["vs_baseline"] = r.vs_baseline;
+    x["goal"] = r.c.goal;
+    x["goal_met"] = r.goal_met;
+    x["not_applicable"] = r.not_applicable;
     res.push_back(x);
   }
   j["results"] = res;

@@ -19,6 +19,18 @@ namespace {
 
 constexpr float kFp8Scale = 0.5f;  // k_scale = v_scale for fp8 caches: exercises the dequantisation
 
+/// lse check: |lse - ref| <= kLseAtol + kLseRtol * |ref| (float32 output whatever the dtype:
+/// float32 accumulation of the exponentials and a float log).
+constexpr double kLseAtol = 1e-3;
+constexpr double kLseRtol = 1e-4;
+
+/// Per-kv-head fp8 scale of head `g`: m / 8 with m in [2, 12]. At most 4 significant bits, so a
+/// dequantised e4m3/e5m2 code (4 or 3 bits) stays exact in float16 and bfloat16, whichever the
+/// kernel converts to.
+float per_head_scale(std::uint64_t seed, int g) {
+  return static_cast<float>(2 + hash64(seed, static_cast<std::uint64_t>(g)) % 11) / 8.0f;
+}
+
 FillKind fill_kind_of(DType t, CacheDType kv, bool cache) {
   if (cache && kv == CacheDType::kFp8E4M3) return FillKind::kFp8E4M3;
   if (cache && kv == CacheDType::kFp8E5M2) return FillKind::kFp8E5M2;
@@ -60,8 +72,11 @@ struct Problem {
   std::int64_t pool_blocks = 0;
   std::vector<std::int32_t> tables;  // [num_buffers, batch, max_blocks]
   std::vector<float> alibi;
+  std::vector<std::int32_t> query_start_loc;  // [batch + 1], with Case::q_len
+  std::vector<float> k_scales, v_scales;      // [num_kv_heads], with Case::per_head_scales
 
   Buffer query, out, key_cache, value_cache, block_tables, seq_lens_dev, alibi_dev;
+  Buffer qsl_dev, k_scales_dev, v_scales_dev, lse_dev;
   Buffer exp_sums, max_logits, tmp_out, auto_ws;
   std::size_t auto_ws_bytes = 0;
   /// Built once per case (nothing but the launch happens inside a timed call): the call's
@@ -78,13 +93,16 @@ struct Problem {
   std::size_t block_bytes() const { return block_elems() * cache_bytes(); }  // one block of V
   std::size_t key_block_bytes() const { return key_block_elems() * cache_bytes(); }  // one block of K
   std::size_t row_bytes() const { return std::size_t(c.num_heads) * c.head_size * dtype_bytes(); }
+  /// Query (and out) rows per sequence, and in all.
+  int q() const { return c.rows_per_seq(); }
+  std::int64_t rows() const { return std::int64_t(c.batch) * q(); }
   int parts() const { return v2_max_num_partitions(max_seq_len); }
 
   PagedAttentionParams params(int buffer) const {
     PagedAttentionParams p;
-    const std::int64_t B = c.batch, H = c.num_heads, D = c.head_size;
-    p.out = TensorView::contiguous(out.get(), c.dtype, {B, H, D}, device);
-    p.query = TensorView::contiguous(query.get(), c.dtype, {B, H, D}, device);
+    const std::int64_t B = c.batch, H = c.num_heads, D = c.head_size, R = rows();
+    p.out = TensorView::contiguous(out.get(), c.dtype, {R, H, D}, device);
+    p.query = TensorView::contiguous(query.get(), c.dtype, {R, H, D}, device);
     p.key_cache = TensorView::contiguous(key_cache.get(), cache_dtype,
                                          {pool_blocks, c.num_kv_heads, key_chunks(), c.block_size, x}, device);
     p.value_cache =
@@ -103,6 +121,18 @@ struct Problem {
     if (c.kv_cache_dtype != CacheDType::kAuto) p.k_scale = p.v_scale = kFp8Scale;
     p.batch_invariant = c.batch_invariant;
     p.stream = stream;
+    p.window_left = c.window_left;
+    p.logits_soft_cap = c.soft_cap;
+    if (c.q_len > 0) {
+      p.query_start_loc = TensorView::contiguous(qsl_dev.get(), DType::kInt32, {B + 1}, device);
+      p.max_query_len = c.q_len;
+    }
+    if (c.lse) p.lse = TensorView::contiguous(lse_dev.get(), DType::kFloat32, {R, H}, device);
+    if (c.per_head_scales) {
+      p.k_scale = p.v_scale = 1.0f;
+      p.k_scales = TensorView::contiguous(k_scales_dev.get(), DType::kFloat32, {c.num_kv_heads}, device);
+      p.v_scales = TensorView::contiguous(v_scales_dev.get(), DType::kFloat32, {c.num_kv_heads}, device);
+    }
     return p;
   }
 
@@ -119,7 +149,8 @@ struct Problem {
 std::vector<int> draw_seq_lens(const Case& c, std::mt19937_64& rng) {
   std::vector<int> lens(c.batch, c.seq_len);
   if (c.dist == SeqDist::kUniform) {
-    std::uniform_int_distribution<int> len(1, c.seq_len);
+    // every sequence holds at least its q_len new tokens
+    std::uniform_int_distribution<int> len(c.rows_per_seq(), c.seq_len);
     for (int& l : lens) l = len(rng);
     lens[std::uniform_int_distribution<int>(0, c.batch - 1)(rng)] = c.seq_len;
   }
@@ -137,6 +168,11 @@ void build_problem(Backend& b, const RunOptions& o, Problem& pr, Result& proto) 
   const Case& c = pr.c;
   if (c.batch <= 0 || c.seq_len <= 0 || c.num_kv_heads <= 0 || c.num_heads <= 0)
     throw std::invalid_argument("batch, seq_len and head counts must be positive");
+  if (c.q_len > c.seq_len)
+    throw std::invalid_argument("q_len " + std::to_string(c.q_len) + " exceeds seq_len " + std::to_string(c.seq_len) +
+                                " (the new tokens count in the sequence's length)");
+  if (c.per_head_scales && c.kv_cache_dtype == CacheDType::kAuto)
+    throw std::invalid_argument("per-head scales need an fp8 cache");
   pr.device = b.device();
   pr.stream = b.stream();
   pr.cache_dtype = c.kv_cache_dtype == CacheDType::kAuto ? c.dtype : DType::kUInt8;
@@ -147,18 +183,23 @@ void build_problem(Backend& b, const RunOptions& o, Problem& pr, Result& proto) 
   pr.seq_lens = draw_seq_lens(c, rng);
   pr.max_seq_len = *std::max_element(pr.seq_lens.begin(), pr.seq_lens.end());
   pr.max_blocks = (pr.max_seq_len + c.block_size - 1) / c.block_size;
-  std::int64_t tokens = 0;
+  std::int64_t tokens = 0, attended = 0;
   for (int l : pr.seq_lens) {
     tokens += l;
+    attended += c.attended_tokens(l);
     pr.blocks_per_buffer += (l + c.block_size - 1) / c.block_size;
   }
 
   proto.seq_lens = pr.seq_lens;
   proto.total_tokens = tokens;
+  proto.attended_tokens = attended;
+  proto.query_rows = pr.rows();
   proto.max_seq_len = pr.max_seq_len;
   proto.mean_seq_len = double(tokens) / c.batch;
-  proto.kv_bytes = tokens * c.num_kv_heads * c.head_size * 2 * std::int64_t(pr.cache_bytes());
-  proto.qo_bytes = 2 * std::int64_t(c.batch) * std::int64_t(pr.row_bytes());
+  // only what the kernels read: with a window, the attended span of each sequence
+  proto.kv_bytes = attended * c.num_kv_heads * c.head_size * 2 * std::int64_t(pr.cache_bytes());
+  proto.qo_bytes = 2 * pr.rows() * std::int64_t(pr.row_bytes()) +
+                   (c.lse ? pr.rows() * c.num_heads * std::int64_t(sizeof(float)) : 0);
   proto.bytes = proto.kv_bytes + proto.qo_bytes;
 
   // How many KV buffers: enough that more than rotate_bytes of KV is read between two reads of
@@ -196,7 +237,7 @@ void build_problem(Backend& b, const RunOptions& o, Problem& pr, Result& proto) 
 
   const std::size_t pool_elems = std::size_t(pr.pool_blocks) * pr.block_elems();
   const std::size_t key_pool_elems = std::size_t(pr.pool_blocks) * pr.key_block_elems();
-  const std::size_t qo_elems = std::size_t(c.batch) * c.num_heads * c.head_size;
+  const std::size_t qo_elems = std::size_t(pr.rows()) * c.num_heads * c.head_size;
   pr.query = Buffer(&b, qo_elems * pr.dtype_bytes());
   pr.out = Buffer(&b, qo_elems * pr.dtype_bytes());
   pr.key_cache = Buffer(&b, key_pool_elems * pr.cache_bytes());
@@ -215,8 +256,27 @@ void build_problem(Backend& b, const RunOptions& o, Problem& pr, Result& proto) 
     pr.alibi_dev = Buffer(&b, pr.alibi.size() * sizeof(float));
     b.upload(pr.alibi_dev.get(), pr.alibi.data(), pr.alibi.size() * sizeof(float));
   }
+  if (c.q_len > 0) {
+    pr.query_start_loc.resize(std::size_t(c.batch) + 1);
+    for (int i = 0; i <= c.batch; ++i) pr.query_start_loc[i] = i * c.q_len;
+    pr.qsl_dev = Buffer(&b, pr.query_start_loc.size() * sizeof(std::int32_t));
+    b.upload(pr.qsl_dev.get(), pr.query_start_loc.data(), pr.query_start_loc.size() * sizeof(std::int32_t));
+  }
+  if (c.per_head_scales) {
+    for (int g = 0; g < c.num_kv_heads; ++g) {
+      pr.k_scales.push_back(per_head_scale(hash64(seed, 5), g));
+      pr.v_scales.push_back(per_head_scale(hash64(seed, 6), g));
+    }
+    pr.k_scales_dev = Buffer(&b, pr.k_scales.size() * sizeof(float));
+    pr.v_scales_dev = Buffer(&b, pr.v_scales.size() * sizeof(float));
+    b.upload(pr.k_scales_dev.get(), pr.k_scales.data(), pr.k_scales.size() * sizeof(float));
+    b.upload(pr.v_scales_dev.get(), pr.v_scales.data(), pr.v_scales.size() * sizeof(float));
+  }
+  if (c.lse) pr.lse_dev = Buffer(&b, std::size_t(pr.rows()) * c.num_heads * sizeof(float));
 
-  const bool needs_v2 = std::any_of(o.algos.begin(), o.algos.end(), [](Algo a) { return a == Algo::kV2 || a == Algo::kVllm; });
+  const bool needs_v2 = !c.has_variant() && std::any_of(o.algos.begin(), o.algos.end(), [](Algo a) {
+    return a == Algo::kV2 || a == Algo::kVllm;
+  });
   if (needs_v2) {
     const std::size_t n = std::size_t(c.batch) * c.num_heads * pr.parts();
     pr.exp_sums = Buffer(&b, n * sizeof(float));
@@ -247,14 +307,15 @@ void invoke(Algo a, const Problem& pr, const PagedAttentionParams& p) {
 struct HostCheck {
   std::vector<int> seqs;
   std::vector<unsigned char> query, out, key_cache, value_cache;
-  std::vector<std::int32_t> tables, lens;
-  std::vector<float> alibi;
+  std::vector<std::int32_t> tables, lens, query_start_loc;
+  std::vector<float> alibi, k_scales, v_scales, lse;
   PagedAttentionParams params;
-  std::vector<double> ref;  // [seqs, heads, head_size]
+  std::vector<double> ref;      // [seqs x q rows, heads, head_size]
+  std::vector<double> ref_lse;  // [seqs x q rows, heads], with Case::lse
 };
 
-/// Reference work allowed per case, in query-key products (seq_len x heads x head_size summed
-/// over the sampled sequences): past it, fewer sequences are sampled (never fewer than one).
+/// Reference work allowed per case, in query-key products (seq_len x q rows x heads x head_size
+/// summed over the sampled sequences): past it, fewer sequences are sampled (never fewer than one).
 constexpr std::int64_t kCheckBudget = std::int64_t(1) << 28;
 
 /// Up to `n` sequences to check: the longest, the shortest, the last (catches grids that stop
@@ -274,7 +335,7 @@ std::vector<int> sample_seqs(const Problem& pr, int n, std::uint64_t seed) {
   std::vector<int> pick;
   std::int64_t work = 0;
   for (int s : order) {
-    const std::int64_t cost = std::int64_t(pr.seq_lens[s]) * pr.c.num_heads * pr.c.head_size;
+    const std::int64_t cost = std::int64_t(pr.seq_lens[s]) * pr.q() * pr.c.num_heads * pr.c.head_size;
     if (static_cast<int>(pick.size()) >= n || (!pick.empty() && work + cost > kCheckBudget)) break;
     pick.push_back(s);
     work += cost;
@@ -286,8 +347,10 @@ std::vector<int> sample_seqs(const Problem& pr, int n, std::uint64_t seed) {
 void build_host_check(Backend& b, const Problem& pr, const std::vector<int>& seqs, HostCheck& hc) {
   const Case& c = pr.c;
   const std::int64_t S = static_cast<std::int64_t>(seqs.size()), H = c.num_heads, D = c.head_size;
+  const std::int64_t Q = pr.q(), R = S * Q;
+  const std::size_t seq_rows_bytes = std::size_t(Q) * pr.row_bytes();  // one sequence's query rows
   hc.seqs = seqs;
-  hc.query.resize(std::size_t(S) * pr.row_bytes());
+  hc.query.resize(std::size_t(S) * seq_rows_bytes);
   std::int64_t blocks = 0;
   int max_blocks = 1;
   for (int s : seqs) {
@@ -307,7 +370,7 @@ void build_host_check(Backend& b, const Problem& pr, const std::vector<int>& seq
   for (std::int64_t j = 0; j < S; ++j) {
     const int s = seqs[j];
     hc.lens[j] = pr.seq_lens[s];
-    b.download(hc.query.data() + j * pr.row_bytes(), q_dev + std::size_t(s) * pr.row_bytes(), pr.row_bytes());
+    b.download(hc.query.data() + j * seq_rows_bytes, q_dev + std::size_t(s) * seq_rows_bytes, seq_rows_bytes);
     const int nb = (pr.seq_lens[s] + c.block_size - 1) / c.block_size;
     const std::int32_t* row = &pr.tables[std::size_t(s) * pr.max_blocks];  // buffer 0
     for (int k = 0; k < nb; ++k) {
@@ -322,9 +385,9 @@ void build_host_check(Backend& b, const Problem& pr, const std::vector<int>& seq
 
   PagedAttentionParams p = pr.params(0);
   const Device host{DeviceType::kCPU, 0};
-  p.query = TensorView::contiguous(hc.query.data(), c.dtype, {S, H, D}, host);
+  p.query = TensorView::contiguous(hc.query.data(), c.dtype, {R, H, D}, host);
   hc.out.assign(hc.query.size(), 0);  // unused by the reference, which returns its result; kept valid
-  p.out = TensorView::contiguous(hc.out.data(), c.dtype, {S, H, D}, host);
+  p.out = TensorView::contiguous(hc.out.data(), c.dtype, {R, H, D}, host);
   p.key_cache = TensorView::contiguous(hc.key_cache.data(), pr.cache_dtype, {blocks, c.num_kv_heads, pr.key_chunks(), c.block_size, pr.x}, host);
   p.value_cache = TensorView::contiguous(hc.value_cache.data(), pr.cache_dtype, {blocks, c.num_kv_heads, D, c.block_size}, host);
   p.block_tables = TensorView::contiguous(hc.tables.data(), DType::kInt32, {S, max_blocks}, host);
@@ -332,27 +395,46 @@ void build_host_check(Backend& b, const Problem& pr, const std::vector<int>& seq
   if (c.alibi) p.alibi_slopes = TensorView::contiguous(hc.alibi.data(), DType::kFloat32, {H}, host);
   p.max_seq_len = *std::max_element(hc.lens.begin(), hc.lens.end());
   p.stream = nullptr;
+  if (c.q_len > 0) {
+    hc.query_start_loc.resize(std::size_t(S) + 1);
+    for (std::int64_t j = 0; j <= S; ++j) hc.query_start_loc[j] = static_cast<std::int32_t>(j * Q);
+    p.query_start_loc = TensorView::contiguous(hc.query_start_loc.data(), DType::kInt32, {S + 1}, host);
+  }
+  if (c.lse) {
+    hc.lse.assign(std::size_t(R * H), 0.0f);  // unused by the reference; kept valid
+    p.lse = TensorView::contiguous(hc.lse.data(), DType::kFloat32, {R, H}, host);
+  }
+  if (c.per_head_scales) {
+    hc.k_scales = pr.k_scales;
+    hc.v_scales = pr.v_scales;
+    p.k_scales = TensorView::contiguous(hc.k_scales.data(), DType::kFloat32, {c.num_kv_heads}, host);
+    p.v_scales = TensorView::contiguous(hc.v_scales.data(), DType::kFloat32, {c.num_kv_heads}, host);
+  }
   hc.params = p;
 }
 
-/// Runs `a` once on buffer 0 into an `out` poisoned with NaN, then compares the sampled rows.
+/// Runs `a` once on buffer 0 into an `out` (and `lse`) poisoned with NaN, then compares the
+/// sampled sequences' rows.
 void check_algo(Backend& b, const Problem& pr, Algo a, const HostCheck& hc, Result& r) {
   b.memset_bytes(pr.out.get(), 0xFF, pr.out.bytes());  // all-ones bits: NaN in fp32/fp16/bf16
+  if (pr.c.lse) b.memset_bytes(pr.lse_dev.get(), 0xFF, pr.lse_dev.bytes());
   PagedAttentionParams p = pr.params(0);
   p.checked = true;
   invoke(a, pr, p);
   b.synchronize();
   const Tolerance tol = tolerance_for(pr.c.dtype);
-  const std::size_t row_elems = std::size_t(pr.c.num_heads) * pr.c.head_size;
-  std::vector<unsigned char> row(pr.row_bytes());
+  const std::size_t Q = static_cast<std::size_t>(pr.q());
+  const std::size_t seq_elems = Q * pr.c.num_heads * pr.c.head_size;  // one sequence's out rows
+  const std::size_t seq_bytes = Q * pr.row_bytes();
+  std::vector<unsigned char> rows(seq_bytes);
   double max_err = 0.0, worst = 0.0;
   bool ok = true;
   for (std::size_t j = 0; j < hc.seqs.size(); ++j) {
-    b.download(row.data(), static_cast<const unsigned char*>(pr.out.get()) + std::size_t(hc.seqs[j]) * pr.row_bytes(),
-               pr.row_bytes());
-    for (std::size_t e = 0; e < row_elems; ++e) {
-      const double got = ref::load_as_double(row.data(), pr.c.dtype, static_cast<std::int64_t>(e));
-      const double want = hc.ref[j * row_elems + e];
+    b.download(rows.data(), static_cast<const unsigned char*>(pr.out.get()) + std::size_t(hc.seqs[j]) * seq_bytes,
+               seq_bytes);
+    for (std::size_t e = 0; e < seq_elems; ++e) {
+      const double got = ref::load_as_double(rows.data(), pr.c.dtype, static_cast<std::int64_t>(e));
+      const double want = hc.ref[j * seq_elems + e];
       const double err = std::fabs(got - want);
       if (!std::isfinite(got)) {
         ok = false;
@@ -363,6 +445,27 @@ void check_algo(Backend& b, const Problem& pr, Algo a, const HostCheck& hc, Resu
       max_err = std::max(max_err, err);
       worst = std::max(worst, err / (tol.atol + tol.rtol * std::fabs(want)));
     }
+  }
+  if (pr.c.lse) {
+    const std::size_t seq_lse = Q * pr.c.num_heads;
+    std::vector<float> got(seq_lse);
+    double lse_err = 0.0;
+    for (std::size_t j = 0; j < hc.seqs.size(); ++j) {
+      b.download(got.data(), static_cast<const float*>(pr.lse_dev.get()) + std::size_t(hc.seqs[j]) * seq_lse,
+                 seq_lse * sizeof(float));
+      for (std::size_t e = 0; e < seq_lse; ++e) {
+        const double want = hc.ref_lse[j * seq_lse + e];
+        const double g = got[e];
+        if (std::isinf(want) || !std::isfinite(g)) {  // -inf only where the reference has it
+          if (g != want) ok = false, lse_err = INFINITY;
+          continue;
+        }
+        const double err = std::fabs(g - want);
+        lse_err = std::max(lse_err, err);
+        if (err > kLseAtol + kLseRtol * std::fabs(want)) ok = false;
+      }
+    }
+    r.max_lse_err = lse_err;
   }
   r.max_abs_err = max_err;
   r.worst_err_over_tol = worst;
@@ -378,6 +481,12 @@ void fill_timing(const Samples& s, const RunOptions& o, Result& r) {
   r.max_us = *std::max_element(s.us.begin(), s.us.end());
   r.gbps = double(r.bytes) / (r.median_us * 1e3);
   r.pct_copy = o.copy_gbps > 0 ? 100.0 * r.gbps / o.copy_gbps : 0.0;
+}
+
+/// Why `a` does not apply to `c` ("" when it does): v1/v2 keep vLLM's contract.
+std::string not_applicable_reason(const Case& c, Algo a) {
+  if (a == Algo::kAuto || !c.has_variant()) return {};
+  return "v1/v2 (and vLLM's rule, which picks one of them) reject the SPEC 3b variants: auto only";
 }
 
 std::string what_of(const std::exception& e) {
@@ -398,19 +507,36 @@ std::vector<Result> run_case(Backend& b, const Case& c, int case_index, const Ru
   proto.c = c;
   // the longest drawn length is the case's seq_len for both length distributions
   const Algo vllm_choice = vllm_rule_prefers_v1(c.batch, c.num_heads, c.seq_len) ? Algo::kV1 : Algo::kV2;
-  auto rows_with_error = [&](const std::string& err) {
+  const auto ran_of = [vllm_choice](Algo a) { return a == Algo::kVllm ? vllm_choice : a; };
+  // One row per (algo, mode) in output order: n/a rows are final; the others carry `err` here
+  // and are replaced by their timed rows at the end.
+  auto make_rows = [&](const std::string& err) {
     std::vector<Result> rows;
     for (Algo a : o.algos)
       for (TimingMode m : modes) {
         Result r = proto;
         r.algo = a;
-        r.ran = a == Algo::kVllm ? vllm_choice : a;
+        r.ran = ran_of(a);
         r.mode = m;
-        r.error = err;
+        r.not_applicable = not_applicable_reason(c, a);
+        if (!r.not_applicable.empty()) {
+          r.check = CheckStatus::kNotApplicable;
+        } else {
+          r.error = err;
+        }
         rows.push_back(r);
       }
     return rows;
   };
+
+  // Every distinct entry point that applies, timed once (vllm reuses the row of its choice).
+  std::vector<Algo> order;
+  for (Algo a : o.algos) {
+    if (!not_applicable_reason(c, a).empty()) continue;
+    const Algo ran = ran_of(a);
+    if (std::find(order.begin(), order.end(), ran) == order.end()) order.push_back(ran);
+  }
+  if (order.empty()) return make_rows("");
 
   Problem pr;
   pr.c = c;
@@ -420,7 +546,10 @@ std::vector<Result> run_case(Backend& b, const Case& c, int case_index, const Ru
     build_problem(b, o, pr, proto);
     if (o.check) {
       build_host_check(b, pr, sample_seqs(pr, std::max(1, o.check_seqs), case_seed(c, o.seed) + 7), hc);
-      auto compute = [&hc] { hc.ref = ref::attention(hc.params); };
+      auto compute = [&hc, &c] {
+        hc.ref = ref::attention(hc.params);
+        if (c.lse) hc.ref_lse = ref::lse(hc.params);
+      };
       if (o.async_reference) {
         ref_done = std::async(std::launch::async, compute);
       } else {
@@ -429,15 +558,11 @@ std::vector<Result> run_case(Backend& b, const Case& c, int case_index, const Ru
     }
   } catch (const std::exception& e) {
     if (ref_done.valid()) ref_done.wait();
-    return rows_with_error(what_of(e));
+    return make_rows(what_of(e));
   }
 
-  // Time every distinct entry point once (vllm reuses the row of its choice).
-  std::vector<Algo> order;
-  for (Algo a : o.algos) {
-    const Algo ran = a == Algo::kVllm ? vllm_choice : a;
-    if (std::find(order.begin(), order.end(), ran) == order.end()) order.push_back(ran);
-  }
+  // The case's kernel pin holds for the auto path only; the library's own choice elsewhere.
+  const auto pin_for = [&b, &c](Algo ran) { b.pin_kernel(ran == Algo::kAuto ? c.kernel : std::string()); };
   std::map<std::pair<Algo, TimingMode>, Result> timed;
   for (Algo ran : order) {
     for (TimingMode m : modes) {
@@ -445,6 +570,7 @@ std::vector<Result> run_case(Backend& b, const Case& c, int case_index, const Ru
       r.algo = r.ran = ran;
       r.mode = m;
       try {
+        pin_for(ran);
         const auto call = [&pr, ran](int k) { invoke(ran, pr, pr.calls[k % pr.num_buffers]); };
         Samples s;
         if (m == TimingMode::kEager) {
@@ -456,6 +582,7 @@ std::vector<Result> run_case(Backend& b, const Case& c, int case_index, const Ru
           s = b.time_graph(call, r.calls_per_graph, 2, o.graph_iters);
         }
         fill_timing(s, o, r);
+        r.kernel_ran = b.last_kernel();
       } catch (const std::exception& e) {
         r.error = what_of(e);
         try {
@@ -480,6 +607,7 @@ std::vector<Result> run_case(Backend& b, const Case& c, int case_index, const Ru
       Result& eager = timed[{ran, modes.front()}];
       if (!eager.error.empty() || hc.ref.empty()) continue;
       try {
+        pin_for(ran);
         check_algo(b, pr, ran, hc, eager);
       } catch (const std::exception& e) {
         eager.error = "check run failed: " + what_of(e);
@@ -490,22 +618,40 @@ std::vector<Result> run_case(Backend& b, const Case& c, int case_index, const Ru
         r.check = eager.check;
         r.max_abs_err = eager.max_abs_err;
         r.worst_err_over_tol = eager.worst_err_over_tol;
+        r.max_lse_err = eager.max_lse_err;
         r.checked_seqs = eager.checked_seqs;
       }
     }
   }
+  try {
+    b.pin_kernel("");
+  } catch (const std::exception&) {
+  }
 
-  std::vector<Result> rows;
-  for (Algo a : o.algos) {
-    const Algo ran = a == Algo::kVllm ? vllm_choice : a;
-    for (TimingMode m : modes) {
-      Result r = timed[{ran, m}];
-      r.algo = a;
-      r.reused = a == Algo::kVllm && std::count(o.algos.begin(), o.algos.end(), ran) > 0;
-      rows.push_back(r);
-    }
+  std::vector<Result> rows = make_rows("");
+  for (Result& row : rows) {
+    if (!row.not_applicable.empty()) continue;
+    const Algo a = row.algo;
+    row = timed[{row.ran, row.mode}];
+    row.algo = a;
+    row.reused = a == Algo::kVllm && std::count(o.algos.begin(), o.algos.end(), row.ran) > 0;
   }
   return rows;
+}
+
+void relate_baselines(std::vector<Result>& rows) {
+  for (Result& r : rows) {
+    r.vs_baseline = 0.0;
+    r.goal_met = false;
+    if (r.c.baseline <= 0 || r.iters == 0 || !r.error.empty()) continue;
+    for (const Result& base : rows) {
+      if (base.case_index != r.c.baseline || base.algo != r.algo || base.mode != r.mode) continue;
+      if (base.iters == 0 || !base.error.empty() || base.median_us <= 0.0) break;
+      r.vs_baseline = r.median_us / base.median_us;
+      r.goal_met = r.c.goal > 0.0 && r.vs_baseline <= r.c.goal;
+      break;
+    }
+  }
 }
 
 }  // namespace pagedattn::bench

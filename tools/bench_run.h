@@ -31,4 +31,8 @@ struct RunOptions {
 /// before graph. Never throws: failures land in Result::error.
 std::vector<Result> run_case(Backend& b, const Case& c, int case_index, const RunOptions& o);
 
+/// Fills Result::vs_baseline and goal_met: each row of a case with a baseline (Case::baseline,
+/// a case_index of the same run) against the row of the baseline with the same algo and mode.
+void relate_baselines(std::vector<Result>& rows);
+
 }  // namespace pagedattn::bench
