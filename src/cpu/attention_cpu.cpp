@@ -1,28 +1,38 @@
-// The CPU attention backend (SPEC §3): V1 and V2 with the same partial-result contract as
-// the GPU kernels.
+// The CPU attention backend (SPEC §3, §3b): V1 and V2 with the same partial-result contract
+// as the GPU kernels; V1 also carries every §3b variant (the auto entry point runs it).
 //
 // Work is split over (sequence, kv head) — and, for V2, partition — with OpenMP. One work
-// item handles every query head of its GQA group, so each cached key/value element is
-// decoded exactly once per call. A work item runs two passes over its token range:
+// item handles every query row of its kv head: each query token of the sequence times each
+// head of the GQA group, so each cached key/value element is decoded once per call (per
+// tile of kTileRows rows, when a sequence has more query tokens than a tile holds). A work
+// item runs two passes over the tokens its rows attend (core/attention_rules.h's
+// attended_span: blocks wholly outside it, before a sliding window, are never read):
 //   1. decode each key block (one contiguous run, in the cache's [head_size/x][block_size][x]
-//      layout) into a float tile and compute the logits of the group heads, in tiles of up
-//      to 4 heads, as 8-lane dot products;
-//   2. softmax (max, exp, sum) per head, then decode each value block into a float tile
-//      and accumulate p . v per head as 8-lane partial sums.
+//      layout) into a float tile and compute the logits of the rows, in tiles of up to 4
+//      rows, as 8-lane dot products; soft-cap and ALiBi (LogitsRule::logit) and the causal,
+//      window and block-sparse masks follow;
+//   2. softmax (max, exp, sum) per row, then decode each value block into a float tile
+//      and accumulate p . v per row as 8-lane partial sums.
+// A span longer than the logits buffer allows (kLogitsBudget) is cut into pieces whose
+// states merge exactly (rescale by the running max), as V2's reduce does.
 // The kernel (attention_kernel.inc) is compiled twice: for AVX2 + F16C, chosen at run time
 // when the CPU has them, and for baseline x86-64; both give bitwise the same results.
 // Cache blocks are software-prefetched two blocks ahead (the block table defeats the
 // hardware prefetcher).
 // All arithmetic is float32; the result is rounded to the query dtype once at the end.
+// NaN (SPEC §3): maxima use max_nan and emptiness is tested as `l == 0`, so a NaN in a query
+// row, or in an attended key or value, reaches exactly the rows it enters.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <type_traits>
 #include <vector>
 
+#include "core/attention_rules.h"
 #include "core/backend.h"
 #include "core/check.h"
 #include "cpu/elem.h"
@@ -41,29 +51,41 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+/// Allocator of the kernel's scratch: 64-byte (cache line) aligned, so the 8-lane loads of
+/// the query, key, value and partial-sum tiles never straddle two lines because of where the
+/// heap happened to put them.
+template <class T>
+struct LineAligned {
+  using value_type = T;
+  static constexpr std::align_val_t kAlign{64};
+  LineAligned() = default;
+  template <class U>
+  LineAligned(const LineAligned<U>&) {}
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, kAlign); }
+  template <class U>
+  bool operator==(const LineAligned<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const LineAligned<U>&) const { return false; }
+};
+using FloatBuf = std::vector<float, LineAligned<float>>;
+
 /// Per-call constants every work item reads.
 struct Call {
   const PagedAttentionParams* p = nullptr;
   const AttentionShape* s = nullptr;
   const std::int32_t* seq_lens = nullptr;
   const std::int32_t* block_tables = nullptr;
+  const std::int32_t* query_start_loc = nullptr;  ///< nullptr: one query token per sequence
   const float* alibi = nullptr;  ///< [num_heads] or nullptr
-  Fp8Table k_table, v_table;     ///< fp8 caches only
+  float* lse = nullptr;          ///< [num_rows, num_heads] or nullptr
+  LogitsRule rule;               ///< soft-cap, window, block-sparse
+  bool transform = false;        ///< soft-cap or ALiBi: logits go through rule.logit
+  /// fp8 caches only: one decode table per kv head with per-head scales, else one.
+  std::vector<Fp8Table> k_tables, v_tables;
+  const Fp8Table& k_table(int g) const { return k_tables[k_tables.size() > 1 ? g : 0]; }
+  const Fp8Table& v_table(int g) const { return v_tables[v_tables.size() > 1 ? g : 0]; }
 };
-
-/// SPEC §3 block-sparse rule for query head `h` (kv head `g`) and the cache block starting at
-/// token `t0` of a sequence of length `len`.
-bool block_attended(const PagedAttentionParams& p, const AttentionShape& s, int len, int h, int g, int t0) {
-  const BlockSparseParams& b = p.blocksparse;
-  if (!b.enabled()) return true;
-  const std::int64_t qb = (len - 1) / b.block_size;
-  const std::int64_t kb = t0 / b.block_size;
-  if (kb > qb - b.local_blocks) return true;
-  const std::int64_t step = b.head_sliding_step;
-  const std::int64_t off = step >= 0 ? (std::int64_t(p.tp_rank) * s.num_heads + h) * step + 1
-                                     : (std::int64_t(p.tp_rank) * s.num_kv_heads + g) * (-step) + 1;
-  return (kb + off) % b.vert_stride == 0;
-}
 
 // The kernel passes 8-lane vectors between inline functions; without AVX that would be an
 // ABI change (-Wpsabi) if they were ever called across translation units, which they are not.
@@ -106,39 +128,130 @@ Call make_call(const PagedAttentionParams& p, const AttentionShape& s) {
   c.s = &s;
   c.seq_lens = static_cast<const std::int32_t*>(p.seq_lens.data);
   c.block_tables = static_cast<const std::int32_t*>(p.block_tables.data);
+  c.query_start_loc = s.multi_token ? static_cast<const std::int32_t*>(p.query_start_loc.data) : nullptr;
   c.alibi = p.alibi_slopes.defined() ? static_cast<const float*>(p.alibi_slopes.data) : nullptr;
-  if (p.kv_cache_dtype != CacheDType::kAuto) {
-    c.k_table = Fp8Table(p.kv_cache_dtype, p.k_scale);
-    c.v_table = Fp8Table(p.kv_cache_dtype, p.v_scale);
+  c.lse = p.lse.defined() ? static_cast<float*>(p.lse.data) : nullptr;
+  c.rule = make_logits_rule(p, s);
+  c.transform = c.rule.soft_cap > 0.0f || c.alibi != nullptr;
+  if (p.kv_cache_dtype == CacheDType::kAuto) {
+    c.k_tables.resize(1);  // unused by the float decoders
+    c.v_tables.resize(1);
+  } else if (p.k_scales.defined()) {  // per kv head (validation: both given, host float32)
+    const auto* ks = static_cast<const float*>(p.k_scales.data);
+    const auto* vs = static_cast<const float*>(p.v_scales.data);
+    for (int g = 0; g < s.num_kv_heads; ++g) {
+      c.k_tables.emplace_back(p.kv_cache_dtype, ks[g]);
+      c.v_tables.emplace_back(p.kv_cache_dtype, vs[g]);
+    }
+  } else {
+    c.k_tables.emplace_back(p.kv_cache_dtype, p.k_scale);
+    c.v_tables.emplace_back(p.kv_cache_dtype, p.v_scale);
   }
   return c;
+}
+
+/// Rows of one work item at most in one pass over the keys: a sequence with more query
+/// tokens runs its tokens in tiles of kTileRows / group_size (at least one token), each
+/// over the span its own rows attend.
+constexpr int kTileRows = 128;
+/// Floats of logits one run holds (rows x tokens, 1 MiB): a longer span is cut into pieces
+/// of whole partitions whose states are merged. A plain decode (one token, group <= 8) runs
+/// sequences of up to 32768 tokens in one piece.
+constexpr int kLogitsBudget = 1 << 18;
+
+/// Tokens per piece of a span for `rows` rows: a multiple of kPartitionSize (so of every
+/// block size), at least one partition.
+int piece_tokens(int rows) {
+  return std::max(kPartitionSize, kLogitsBudget / std::max(rows, 1) / kPartitionSize * kPartitionSize);
+}
+
+/// Running softmax states of a tile's rows across the pieces of its span: the exact merge
+/// of SPEC §3 (rescale by the running max; a NaN max makes the row NaN).
+struct RowStates {
+  std::vector<float> m, l, acc;
+  int D = 0;
+
+  void reset(int rows, int head_size) {
+    D = head_size;
+    m.assign(rows, neg_inf());
+    l.assign(rows, 0.0f);
+    acc.assign(std::size_t(rows) * D, 0.0f);
+  }
+  template <class Worker>
+  void add(const Worker& w) {
+    for (int r = 0; r < w.rows(); ++r) {
+      const float mn = max_nan(m[r], w.max_logit(r));
+      const float a = rescale(m[r], mn), b = rescale(w.max_logit(r), mn);
+      l[r] = l[r] * a + w.exp_sum(r) * b;
+      float* o = &acc[std::size_t(r) * D];
+      const float* x = w.acc(r);
+      for (int d = 0; d < D; ++d) o[d] = o[d] * a + x[d] * b;
+      m[r] = mn;
+    }
+  }
+};
+
+/// Writes query row `qrow`, head `head` from its softmax state: out = acc / l, zeros for a
+/// row that attended nothing (l == 0; NaN is not 0); lse = m + ln l (-inf when empty).
+template <class T>
+void write_row(const Call& c, std::int64_t qrow, int head, float m, float l, const float* acc) {
+  const AttentionShape& s = *c.s;
+  const int D = s.head_size;
+  auto* o = static_cast<typename T::Storage*>(c.p->out.data) + (qrow * s.num_heads + head) * D;
+  if (l == 0.0f) {
+    for (int d = 0; d < D; ++d) o[d] = T::store(0.0f);
+  } else {
+    const float inv = 1.0f / l;
+    for (int d = 0; d < D; ++d) o[d] = T::store(acc[d] * inv);
+  }
+  if (c.lse != nullptr) c.lse[qrow * s.num_heads + head] = lse_of(m, l);
 }
 
 template <class T, class C, int BS, class Worker>
 void v1_impl(const Call& c) {
   const AttentionShape& s = *c.s;
   const int G = s.group_size();
-  const int D = s.head_size;
-  auto* out = static_cast<typename T::Storage*>(c.p->out.data);
+  const int tile_tokens = std::max(1, kTileRows / G);
   const std::int64_t items = std::int64_t(s.num_seqs) * s.num_kv_heads;
 #pragma omp parallel
   {
     Worker w(c);
+    RowStates states;
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t it = 0; it < items; ++it) {
       const int seq = static_cast<int>(it / s.num_kv_heads);
       const int g = static_cast<int>(it % s.num_kv_heads);
       const int len = c.seq_lens[seq];
-      if (len > 0) w.run(seq, g, len, 0, len);
-      for (int j = 0; j < G; ++j) {
-        auto* o = out + (std::int64_t(seq) * s.num_heads + g * G + j) * D;
-        const float l = len > 0 ? w.exp_sum(j) : 0.0f;
-        if (l > 0.0f) {
-          const float inv = 1.0f / l;
-          const float* acc = w.acc(j);
-          for (int d = 0; d < D; ++d) o[d] = T::store(acc[d] * inv);
-        } else {
-          for (int d = 0; d < D; ++d) o[d] = T::store(0.0f);
+      const QueryRows qr = query_rows(c.query_start_loc, seq);
+      // tiles of query tokens; row r of a tile is token r / G, head g * G + r % G
+      for (int j0 = 0; j0 < qr.count; j0 += tile_tokens) {
+        const int ntok = std::min(tile_tokens, qr.count - j0);
+        const int pos0 = len - qr.count + j0;  // the tile's first row; its last is pos0 + ntok - 1
+        const std::int64_t qrow = std::int64_t(qr.first) + j0;
+        const int rows = ntok * G;
+        // tokens the tile's rows attend: its rows as the last ntok of a sequence of
+        // pos0 + ntok tokens (empty when every row sits before the sequence's start)
+        const Span span = attended_span(c.rule, pos0 + ntok, ntok, BS);
+        if (span.hi <= span.lo) {
+          for (int r = 0; r < rows; ++r) write_row<T>(c, qrow + r / G, g * G + r % G, neg_inf(), 0.0f, nullptr);
+          continue;
+        }
+        w.set_rows(seq, g, qrow, pos0, ntok);
+        const int piece = piece_tokens(rows);
+        if (span.hi - span.lo <= piece) {  // one run: its state is the answer
+          w.run(span.lo, span.hi);
+          for (int r = 0; r < rows; ++r)
+            write_row<T>(c, qrow + r / G, g * G + r % G, w.max_logit(r), w.exp_sum(r), w.acc(r));
+          continue;
+        }
+        states.reset(rows, s.head_size);
+        for (int t = span.lo; t < span.hi; t += piece) {
+          w.run(t, std::min(span.hi, t + piece));
+          states.add(w);
+        }
+        for (int r = 0; r < rows; ++r) {
+          const float* acc = &states.acc[std::size_t(r) * s.head_size];
+          write_row<T>(c, qrow + r / G, g * G + r % G, states.m[r], states.l[r], acc);
         }
       }
     }
@@ -157,7 +270,8 @@ void v2_impl(const Call& c, const V2Workspace& ws) {
   auto* tmp_out = static_cast<typename T::Storage*>(ws.tmp_out.data);
   auto* out = static_cast<typename T::Storage*>(c.p->out.data);
 
-  // Step 1: partial results per (sequence, kv head, partition).
+  // Step 1: partial results per (sequence, kv head, partition). V2 keeps vLLM's contract: one
+  // query row per sequence, at position len - 1.
   const std::int64_t items = std::int64_t(s.num_seqs) * s.num_kv_heads * parts;
 #pragma omp parallel
   {
@@ -171,14 +285,15 @@ void v2_impl(const Call& c, const V2Workspace& ws) {
       const int t_begin = part * kPartitionSize;
       if (t_begin >= len) continue;  // partitions past the end are skipped
       const int t_end = std::min(len, t_begin + kPartitionSize);
-      w.run(seq, g, len, t_begin, t_end);
+      w.set_rows(seq, g, seq, len - 1, 1);
+      w.run(t_begin, t_end);
       for (int j = 0; j < G; ++j) {
         const std::int64_t row = (std::int64_t(seq) * s.num_heads + g * G + j) * P + part;
         const float l = w.exp_sum(j);
         max_logits[row] = w.max_logit(j);
         exp_sums[row] = l;
         auto* o = tmp_out + row * D;
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // NaN stays NaN
         const float* acc = w.acc(j);
         for (int d = 0; d < D; ++d) o[d] = T::store(acc[d] * inv);
       }
@@ -204,22 +319,19 @@ void v2_impl(const Call& c, const V2Workspace& ws) {
         continue;
       }
       float M = kNegInf;
-      for (int j = 0; j < np; ++j) M = std::max(M, max_logits[r * P + j]);
+      for (int j = 0; j < np; ++j) M = max_nan(M, max_logits[r * P + j]);
       float wsum = 0.0f;
-      if (M != kNegInf) {
-        for (int j = 0; j < np; ++j) {
-          const float l = exp_sums[r * P + j];
-          w[j] = l > 0.0f ? l * std::exp(max_logits[r * P + j] - M) : 0.0f;
-          wsum += w[j];
-        }
+      for (int j = 0; j < np; ++j) {
+        w[j] = merge_weight(max_logits[r * P + j], exp_sums[r * P + j], M);  // 0 for an empty partition
+        wsum += w[j];
       }
-      if (np == 0 || !(wsum > 0.0f)) {  // empty sequence, or every token masked
+      if (wsum == 0.0f) {  // empty sequence, or every token masked
         for (int d = 0; d < D; ++d) o[d] = T::store(0.0f);
         continue;
       }
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int j = 0; j < np; ++j) {
-        if (w[j] == 0.0f) continue;
+        if (exp_sums[r * P + j] == 0.0f) continue;  // an empty partition is not multiplied in
         const auto* src = tmp_out + (r * P + j) * D;
         for (int d = 0; d < D; ++d) acc[d] += w[j] * T::load(src[d]);
       }
@@ -261,9 +373,9 @@ struct RunV1 {
   template <class T, class C, int BS>
   void operator()() const {
 #if PAGEDATTN_CPU_X86
-    if (use_avx2()) return v1_impl<T, C, BS, avx2::GroupWorker<T, C, BS>>(c);
+    if (use_avx2()) return v1_impl<T, C, BS, avx2::RowWorker<T, C, BS>>(c);
 #endif
-    v1_impl<T, C, BS, generic::GroupWorker<T, C, BS>>(c);
+    v1_impl<T, C, BS, generic::RowWorker<T, C, BS>>(c);
   }
 };
 
@@ -273,9 +385,9 @@ struct RunV2 {
   template <class T, class C, int BS>
   void operator()() const {
 #if PAGEDATTN_CPU_X86
-    if (use_avx2()) return v2_impl<T, C, BS, avx2::GroupWorker<T, C, BS>>(c, ws);
+    if (use_avx2()) return v2_impl<T, C, BS, avx2::RowWorker<T, C, BS>>(c, ws);
 #endif
-    v2_impl<T, C, BS, generic::GroupWorker<T, C, BS>>(c, ws);
+    v2_impl<T, C, BS, generic::RowWorker<T, C, BS>>(c, ws);
   }
 };
 

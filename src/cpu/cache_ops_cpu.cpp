@@ -11,7 +11,8 @@ namespace pagedattn::detail::cpu {
 namespace {
 
 /// Writes every non-padding token of key/value into the caches. T is the input dtype, C the
-/// cache format (C == T: the element is copied bit for bit; Fp8: encode(x / scale)).
+/// cache format (C == T: the element is copied bit for bit; Fp8: encode(x / scale), with
+/// kv head g's own scale when per-head k_scales / v_scales are given).
 template <class T, class C>
 void reshape_impl(const ReshapeAndCacheParams& p, const CacheShape& s) {
   const auto* key = static_cast<const typename T::Storage*>(p.key.data);
@@ -28,6 +29,11 @@ void reshape_impl(const ReshapeAndCacheParams& p, const CacheShape& s) {
   std::uint8_t (*const encode)(float) =
       p.kv_cache_dtype == CacheDType::kFp8E5M2 ? &float_to_fp8_e5m2 : &float_to_fp8_e4m3;
   (void)encode;
+  // per-head scales (validated: host float32 [num_kv_heads], fp8 only), else the call's one
+  const auto* k_scales = p.k_scales.defined() ? static_cast<const float*>(p.k_scales.data) : nullptr;
+  const auto* v_scales = p.v_scales.defined() ? static_cast<const float*>(p.v_scales.data) : nullptr;
+  (void)k_scales;
+  (void)v_scales;
 
 #pragma omp parallel for schedule(static)
   for (std::int64_t t = 0; t < s.num_tokens; ++t) {
@@ -40,13 +46,15 @@ void reshape_impl(const ReshapeAndCacheParams& p, const CacheShape& s) {
       const auto* v_src = value + t * value_stride + std::int64_t(g) * D;
       auto* k_dst = kc + block * kb + g * kh + std::int64_t(off) * x;  // + (d/x)*bs*x + d%x
       auto* v_dst = vc + block * vb + g * vh + off;                    // + d*bs
+      [[maybe_unused]] const float k_scale = k_scales != nullptr ? k_scales[g] : p.k_scale;
+      [[maybe_unused]] const float v_scale = v_scales != nullptr ? v_scales[g] : p.v_scale;
       for (int d = 0; d < D; ++d) {
         auto& kd = k_dst[std::int64_t(d / x) * bs * x + d % x];
         auto& vd = v_dst[std::int64_t(d) * bs];
         if constexpr (std::is_same_v<C, Fp8>) {
           // SPEC §6: the stored byte is encode(x / scale), saturating.
-          kd = encode(T::load(k_src[d]) / p.k_scale);
-          vd = encode(T::load(v_src[d]) / p.v_scale);
+          kd = encode(T::load(k_src[d]) / k_scale);
+          vd = encode(T::load(v_src[d]) / v_scale);
         } else {
           kd = k_src[d];
           vd = v_src[d];

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <string>
@@ -55,26 +56,39 @@ Tol out_tol(DType t, double vmax, bool rounded_twice) {
   return {u * (1.0 + 1e-3), (rounded_twice ? u : 0.0) * vmax + 1e-4 * vmax};
 }
 
-/// Largest |v| the cache can hold for this problem.
+/// lse = m + ln(l) in float32: m carries the logit error of the max_logits check (64 ulp of
+/// |m| + 16, the dot magnitude bound), ln(l) the exp-sum's relative error 2e-4 as an
+/// absolute one. Relative part 64 ulp of |lse|.
+Tol lse_tol() { return {64 * std::ldexp(1.0, -24), 2e-4 + 64 * std::ldexp(1.0, -24) * 16.0}; }
+
+/// Largest |v| the cache can hold for this problem (with per-head scales: the largest).
 double vmax_of(const ProblemConfig& c) {
-  return c.kv_range * (c.kv_cache_dtype == CacheDType::kAuto ? 1.0 : c.v_scale);
+  const double v_scale = c.per_head_scales ? 2.0 : c.v_scale;  // build_problem draws per-head scales in [0.25, 2)
+  return c.kv_range * (c.kv_cache_dtype == CacheDType::kAuto ? 1.0 : v_scale);
 }
 
 std::string describe(const ProblemConfig& c, Algo a) {
+  std::string q_lens;
+  for (int q : c.q_lens) q_lens += detail::cat(q_lens.empty() ? "" : ",", q);
   return detail::cat(algo_name(a), " dtype=", dtype_name(c.dtype), " cache=", cache_dtype_name(c.kv_cache_dtype),
                      " bs=", c.block_size, " D=", c.head_size, " H=", c.num_heads, "/", c.num_kv_heads,
                      c.alibi ? " alibi" : "", c.blocksparse.enabled() ? " sparse" : "",
-                     " tp_rank=", c.tp_rank);
+                     " tp_rank=", c.tp_rank, q_lens.empty() ? "" : " q_lens=" + q_lens,
+                     c.window_left >= 0 ? detail::cat(" window=", c.window_left) : "",
+                     c.logits_soft_cap > 0 ? detail::cat(" soft_cap=", c.logits_soft_cap) : "", c.lse ? " lse" : "",
+                     c.per_head_scales ? " per-head-scales" : "");
 }
 
-/// Counts elements outside tolerance (NaN included), reporting the first few.
+/// Counts elements outside tolerance, reporting the first few. A NaN matches only a NaN
+/// (SPEC §3: a NaN input must reach exactly the rows it enters); -inf only -inf.
 int compare(const std::vector<double>& got, const std::vector<double>& want, const Tol& tol, const std::string& what,
             int head_size) {
   EXPECT_EQ(got.size(), want.size()) << what;
   int bad = 0;
   for (std::size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
     const double err = std::abs(got[i] - want[i]);
-    if (!(err <= tol.of(want[i]))) {
+    const bool same_special = (std::isnan(got[i]) && std::isnan(want[i])) || (std::isinf(want[i]) && got[i] == want[i]);
+    if (!same_special && !(err <= tol.of(want[i]))) {
       if (++bad <= 5)
         ADD_FAILURE() << what << ": element " << i << " (row " << i / head_size << ", d " << i % head_size
                       << ") got " << got[i] << " want " << want[i] << " err " << err << " tol " << tol.of(want[i]);
@@ -129,7 +143,12 @@ void run_and_check(HostProblem pb, Algo algo) {
   }
   const bool twice = algo == Algo::kV2;
   EXPECT_EQ(compare(pb.out_values(), want, out_tol(c.dtype, vmax, twice), "out", c.head_size), 0);
+  if (c.lse && algo == Algo::kAuto)
+    EXPECT_EQ(compare(pb.lse_values(), ref::lse(pb.params), lse_tol(), "lse", c.num_heads), 0);
 }
+
+/// A problem with SPEC §3b variants: only the auto entry point takes it.
+void run_auto(const HostProblem& pb) { run_and_check(pb, Algo::kAuto); }
 
 void run_all(const HostProblem& pb) {
   for (Algo a : {Algo::kV1, Algo::kV2, Algo::kAuto}) run_and_check(pb, a);
@@ -303,6 +322,359 @@ TEST(CpuAttention, V2ClampsSeqLenBeyondWorkspace) {
   EXPECT_EQ(compare(pb.out_values(), want, out_tol(c.dtype, vmax_of(c), false), "v2 clamped", c.head_size), 0);
 }
 
+// ---------------------------------------------------------------------------------------
+// SPEC §3b variants, through the auto entry point (V1/V2 reject them), against ref::attention
+// and ref::lse. Every problem asks for lse unless it tests the plain output.
+// ---------------------------------------------------------------------------------------
+
+// Sliding windows from 0 (the row's own token only) past the longest sequence, one and
+// several query tokens, every block size. Blocks wholly before the window of every row of a
+// sequence are NaN-poisoned (poison_masked): reading one would show.
+TEST(CpuAttention, SlidingWindow) {
+  PAGEDATTN_TEST_RNG(rng);
+  const int windows[] = {0, 1, 7, 16, 33, 100, 511, 5000};
+  int k = 0;
+  for (DType t : kDTypes)
+    for (int w : windows) {
+      ProblemConfig c;
+      c.dtype = t;
+      c.kv_cache_dtype = kCacheDTypes[k % 3];
+      c.block_size = (k % 3 == 0) ? 8 : (k % 3 == 1) ? 16 : 32;
+      c.head_size = kHeadSizes[(k * 2) % 9];
+      c.num_heads = 8;
+      c.num_kv_heads = (k % 2) ? 2 : 8;
+      c.window_left = w;
+      c.poison_masked = true;
+      c.lse = true;
+      c.seq_lens = {1, 15, 17, 200, 0, static_cast<int>(rng.randint(300, 1300))};
+      if (k % 2) c.q_lens = {1, 4, 17, 9, 0, static_cast<int>(rng.randint(1, 40))};
+      ++k;
+      run_auto(build_problem(c, rng));
+    }
+}
+
+// Logits soft-cap: caps small enough to bend the logits (queries up to +-4), with and without
+// ALiBi (applied after the cap) and a window.
+TEST(CpuAttention, SoftCap) {
+  PAGEDATTN_TEST_RNG(rng);
+  int k = 0;
+  for (DType t : kDTypes)
+    for (float cap : {0.5f, 2.0f, 30.0f}) {
+      ProblemConfig c;
+      c.dtype = t;
+      c.logits_soft_cap = cap;
+      c.q_range = 4.0;
+      c.alibi = k % 2 == 0;
+      c.window_left = k % 3 == 2 ? 64 : -1;
+      c.num_heads = 8;
+      c.num_kv_heads = 4;
+      c.head_size = 128;
+      c.lse = true;
+      c.seq_lens = {1, 100, 777};
+      ++k;
+      run_auto(build_problem(c, rng));
+    }
+}
+
+// Several query tokens per sequence (query_start_loc): mixed q_lens in one batch, q_len ==
+// seq_len (the whole sequence is new), empty sequences (q_len 0 and seq_len 0), a sequence
+// with cached tokens but no query tokens in this call, over GQA groups 1, 2, 4 and 8.
+TEST(CpuAttention, MultiTokenQueries) {
+  PAGEDATTN_TEST_RNG(rng);
+  const int groups[] = {1, 2, 4, 8};
+  int k = 0;
+  for (DType t : kDTypes)
+    for (int group : groups) {
+      ProblemConfig c;
+      c.dtype = t;
+      c.kv_cache_dtype = kCacheDTypes[(k + 1) % 3];
+      if (c.kv_cache_dtype != CacheDType::kAuto) {
+        c.k_scale = 0.5f;
+        c.v_scale = 1.5f;
+      }
+      c.block_size = k % 2 ? 16 : 32;
+      c.head_size = kHeadSizes[(k * 5 + 2) % 9];
+      c.num_kv_heads = 2;
+      c.num_heads = 2 * group;
+      c.alibi = k % 3 == 1;
+      c.lse = true;
+      const int n = static_cast<int>(rng.randint(2, 30));
+      c.seq_lens = {5, 40, 0, 300, 33, n, 70, 1};
+      c.q_lens = {5, 3, 0, 17, 1, n, 0, 1};
+      ++k;
+      run_auto(build_problem(c, rng));
+    }
+}
+
+// More rows than one tile holds (q_len x group > 128: the tokens run in tiles) and spans
+// longer than one piece of the logits buffer (the pieces' states merge), alone and with a
+// window and ALiBi; a long prefill-like chunk (q_len == seq_len).
+TEST(CpuAttention, ManyQueryRowsTilesAndPieces) {
+  PAGEDATTN_TEST_RNG(rng);
+  struct Case { int heads, kv_heads, window; bool alibi; std::vector<int> seq_lens, q_lens; DType t; };
+  const Case cases[] = {
+      {8, 2, -1, false, {3000, 2600}, {40, 3}, DType::kFloat32},
+      {8, 1, -1, true, {2300, 5}, {20, 5}, DType::kBFloat16},
+      {16, 2, 700, false, {4000, 900}, {33, 64}, DType::kFloat16},
+      {4, 4, -1, false, {300}, {300}, DType::kFloat16},
+      {4, 2, 50, true, {257}, {257}, DType::kFloat32},
+  };
+  for (const Case& cs : cases) {
+    ProblemConfig c;
+    c.dtype = cs.t;
+    c.num_heads = cs.heads;
+    c.num_kv_heads = cs.kv_heads;
+    c.head_size = 64;
+    c.block_size = 16;
+    c.window_left = cs.window;
+    c.poison_masked = cs.window >= 0;
+    c.alibi = cs.alibi;
+    c.lse = true;
+    c.seq_lens = cs.seq_lens;
+    c.q_lens = cs.q_lens;
+    run_auto(build_problem(c, rng));
+  }
+}
+
+// lse of plain decode problems (the only variant set): empty sequences give -inf and zeros.
+TEST(CpuAttention, LseOfPlainDecode) {
+  PAGEDATTN_TEST_RNG(rng);
+  for (DType t : kDTypes) {
+    ProblemConfig c;
+    c.dtype = t;
+    c.num_heads = 8;
+    c.num_kv_heads = 2;
+    c.head_size = 96;
+    c.lse = true;
+    c.alibi = t == DType::kBFloat16;
+    c.seq_lens = {1, 0, 513, static_cast<int>(rng.randint(2, 1200))};
+    HostProblem pb = build_problem(c, rng);
+    run_auto(pb);
+    paged_attention(pb.params, nullptr, 0);
+    const std::vector<double> lse = pb.lse_values(), out = pb.out_values();
+    for (int h = 0; h < c.num_heads; ++h) {
+      EXPECT_EQ(lse[1 * c.num_heads + h], -std::numeric_limits<double>::infinity());
+      for (int d = 0; d < c.head_size; ++d) EXPECT_EQ(out[(1 * c.num_heads + h) * c.head_size + d], 0.0);
+    }
+  }
+}
+
+// Per-kv-head fp8 scales (k_scales / v_scales [num_kv_heads]): E4M3 and E5M2, every query
+// dtype, GQA groups 1 to 8, one and several query tokens.
+TEST(CpuAttention, PerHeadScales) {
+  PAGEDATTN_TEST_RNG(rng);
+  int k = 0;
+  for (DType t : kDTypes)
+    for (CacheDType cd : {CacheDType::kFp8E4M3, CacheDType::kFp8E5M2})
+      for (int group : {1, 2, 4, 8}) {
+        ProblemConfig c;
+        c.dtype = t;
+        c.kv_cache_dtype = cd;
+        c.per_head_scales = true;
+        c.block_size = k % 2 ? 16 : 32;
+        c.head_size = kHeadSizes[(k * 7 + 1) % 9];
+        c.num_kv_heads = group == 8 ? 2 : 4;
+        c.num_heads = c.num_kv_heads * group;
+        c.lse = true;
+        c.seq_lens = {1, 70, static_cast<int>(rng.randint(100, 500))};
+        if (k % 2) c.q_lens = {1, 6, 11};
+        ++k;
+        run_auto(build_problem(c, rng));
+      }
+}
+
+// Everything at once: ALiBi, block-sparse (by query head and by kv head), window, soft-cap,
+// several query tokens, lse and (fp8) per-head scales, GQA groups 1/2/4/8, every query dtype.
+// Blocks that block-sparsity or the window mask for every row of a kv head are poisoned.
+TEST(CpuAttention, VariantCombos) {
+  PAGEDATTN_TEST_RNG(rng);
+  const int groups[] = {1, 2, 4, 8};
+  int k = 0;
+  for (DType t : kDTypes)
+    for (int group : groups) {
+      ProblemConfig c;
+      c.dtype = t;
+      c.kv_cache_dtype = kCacheDTypes[k % 3];
+      c.per_head_scales = c.kv_cache_dtype != CacheDType::kAuto;
+      c.block_size = k % 2 ? 8 : 16;
+      c.head_size = kHeadSizes[(k * 4 + 3) % 9];
+      c.num_kv_heads = 2;
+      c.num_heads = 2 * group;
+      c.alibi = true;
+      c.logits_soft_cap = k % 2 ? 5.0f : 20.0f;
+      c.window_left = k % 3 == 0 ? 300 : (k % 3 == 1 ? 1000 : 40);
+      c.blocksparse = {1 + k % 2, 3 + k % 3, 32, (k % 2) ? -1 : 1};
+      c.tp_rank = k % 2;
+      c.poison_masked = true;
+      c.lse = true;
+      c.seq_lens = {1, 64, 700, static_cast<int>(rng.randint(200, 1500)), 0};
+      c.q_lens = {1, 8, 3, static_cast<int>(rng.randint(1, 16)), 0};
+      ++k;
+      run_auto(build_problem(c, rng));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// NaN (SPEC §3): a NaN in q, or in an attended K or V, reaches exactly the rows it enters.
+// ---------------------------------------------------------------------------------------
+
+/// Checks out (and lse when asked) after `run`: the (row, head) pairs of `nan_rows` are NaN in
+/// every element (or only in element `nan_d` when >= 0: a NaN value element reaches that
+/// output element), everything else is finite and matches the reference; so is lse, NaN in
+/// those rows when `lse_nan`.
+void expect_nan_rows(HostProblem& pb, const std::function<void()>& run,
+                     const std::vector<std::pair<int, int>>& nan_rows, int nan_d, bool lse_nan, bool twice) {
+  const ProblemConfig& c = pb.cfg;
+  const std::vector<double> want = ref::attention(pb.params);
+  run();
+  const std::vector<double> got = pb.out_values();
+  const int H = c.num_heads, D = c.head_size;
+  std::vector<char> expect_nan(std::size_t(pb.num_rows) * H, 0);
+  for (auto [r, h] : nan_rows) expect_nan[std::size_t(r) * H + h] = 1;
+  int bad = 0;
+  for (int r = 0; r < pb.num_rows; ++r)
+    for (int h = 0; h < H; ++h) {
+      for (int d = 0; d < D; ++d) {
+        const bool nan = expect_nan[std::size_t(r) * H + h] && (nan_d < 0 || d == nan_d);
+        const std::size_t i = (std::size_t(r) * H + h) * D + d;
+        if (std::isnan(want[i]) != nan && ++bad <= 5)
+          ADD_FAILURE() << "the reference disagrees with the test about row " << r << " head " << h;
+        if (std::isnan(got[i]) != nan && ++bad <= 5)
+          ADD_FAILURE() << "row " << r << " head " << h << " d " << d << ": got " << got[i]
+                        << (nan ? ", want NaN" : ", want a finite value");
+      }
+    }
+  EXPECT_EQ(bad, 0);
+  EXPECT_EQ(compare(got, want, out_tol(c.dtype, vmax_of(c), twice), "out", D), 0);
+  if (c.lse) {
+    const std::vector<double> lse = pb.lse_values();
+    for (int r = 0; r < pb.num_rows; ++r)
+      for (int h = 0; h < H; ++h) {
+        const bool nan = lse_nan && expect_nan[std::size_t(r) * H + h];
+        EXPECT_EQ(std::isnan(lse[std::size_t(r) * H + h]), nan) << "lse row " << r << " head " << h;
+      }
+    EXPECT_EQ(compare(lse, ref::lse(pb.params), lse_tol(), "lse", H), 0);
+  }
+}
+
+/// The call of `algo` on pb (V2 with a fresh workspace).
+std::function<void()> call_of(HostProblem& pb, Algo algo) {
+  return [&pb, algo] {
+    if (algo == Algo::kV1) {
+      paged_attention_v1(pb.params);
+    } else if (algo == Algo::kV2) {
+      auto ws = pb.make_workspace();
+      paged_attention_v2(pb.params, ws.views());
+    } else {
+      paged_attention(pb.params, nullptr, 0);
+    }
+  };
+}
+
+/// Writes NaN into element d of the key (or value) of token t of sequence i, kv head g.
+void poison_cache_token(HostProblem& pb, bool key, int i, int t, int g, int d) {
+  const int bs = pb.cfg.block_size;
+  const std::int64_t phys = pb.table(i, t / bs);
+  if (key)
+    test::poison_elem(pb.key_cache.view.data, pb.cache_storage(), pb.key_offset(phys, g, d, t % bs));
+  else
+    test::poison_elem(pb.value_cache.view.data, pb.cache_storage(), pb.value_offset(phys, g, d, t % bs));
+}
+
+/// The (row, head) pairs that attend token t of sequence i through kv head g (no
+/// block-sparsity in these problems): causal position and window.
+std::vector<std::pair<int, int>> rows_attending(const HostProblem& pb, int i, int t, int g) {
+  const ProblemConfig& c = pb.cfg;
+  const int group = c.num_heads / c.num_kv_heads;
+  int first_row = i;
+  if (!c.q_lens.empty()) {
+    first_row = 0;
+    for (int s = 0; s < i; ++s) first_row += pb.q_len(s);
+  }
+  std::vector<std::pair<int, int>> rows;
+  for (int j = 0; j < pb.q_len(i); ++j) {
+    const int p = pb.seq_len(i) - pb.q_len(i) + j;
+    if (t > p || (c.window_left >= 0 && t < p - c.window_left)) continue;
+    for (int h = g * group; h < (g + 1) * group; ++h) rows.push_back({first_row + j, h});
+  }
+  return rows;
+}
+
+// A NaN in one element of one query row and head: that (row, head) is NaN, every other is
+// finite. V1, V2 (partials and reduce) and the auto path, one and several query tokens.
+TEST(CpuAttention, NanInQueryReachesOnlyItsRow) {
+  PAGEDATTN_TEST_RNG(rng);
+  int k = 0;
+  for (DType t : kDTypes)
+    for (Algo a : {Algo::kV1, Algo::kV2, Algo::kAuto}) {
+      ProblemConfig c;
+      c.dtype = t;
+      c.kv_cache_dtype = kCacheDTypes[k % 3];
+      c.num_heads = 8;
+      c.num_kv_heads = 2;
+      c.head_size = 64;
+      c.seq_lens = {300, 1100, 40};
+      if (a == Algo::kAuto) {
+        c.lse = true;
+        c.q_lens = {1, 5, 4};
+        c.window_left = k % 2 ? 30 : -1;
+      }
+      ++k;
+      HostProblem pb = build_problem(c, rng);
+      SCOPED_TRACE(describe(pb.cfg, a));
+      const int row = static_cast<int>(rng.randint(0, pb.num_rows - 1));
+      const int head = static_cast<int>(rng.randint(0, c.num_heads - 1));
+      const int d = static_cast<int>(rng.randint(0, c.head_size - 1));
+      test::poison_elem(pb.query.view.data, t, std::int64_t(row) * pb.query.view.strides[0] + head * c.head_size + d);
+      expect_nan_rows(pb, call_of(pb, a), {{row, head}}, -1, true, a == Algo::kV2);
+    }
+}
+
+// A NaN in an attended key (value) element: every row that attends that token through the
+// kv head is NaN (in that output element); the kv head's other rows (the token after their
+// position, or before their window) and the other kv heads stay finite: masked tokens' keys
+// and values are not multiplied in, even inside a block the row partly attends.
+TEST(CpuAttention, NanInCacheReachesTheRowsAttendingIt) {
+  PAGEDATTN_TEST_RNG(rng);
+  int k = 0;
+  for (DType t : kDTypes)
+    for (Algo a : {Algo::kV1, Algo::kV2, Algo::kAuto})
+      for (bool key : {false, true})
+        for (int edge : {0, 1}) {  // auto: the causal edge, then the window edge
+          if (edge == 1 && a != Algo::kAuto) continue;
+          ProblemConfig c;
+          c.dtype = t;
+          c.kv_cache_dtype = kCacheDTypes[k % 3];
+          c.block_size = k % 2 ? 16 : 32;
+          c.num_heads = 8;
+          c.num_kv_heads = 2;
+          c.head_size = 64;
+          c.seq_lens = {700, 45};
+          int tok = static_cast<int>(rng.randint(0, 699));  // plain: any token of sequence 0
+          if (a == Algo::kAuto) {
+            c.lse = true;
+            c.q_lens = {6, 2};
+            c.window_left = 20;
+            // rows sit at 694..699: token 697 is after the first three rows' positions (causal
+            // edge inside its block); token 675 is before the window of rows 696..699, whose
+            // windows start inside its block
+            tok = edge == 0 ? 697 : 675;
+          }
+          ++k;
+          HostProblem pb = build_problem(c, rng);
+          SCOPED_TRACE(describe(pb.cfg, a) + detail::cat(key ? " NaN key" : " NaN value", " token ", tok));
+          const int g = static_cast<int>(rng.randint(0, c.num_kv_heads - 1));
+          const int d = static_cast<int>(rng.randint(0, c.head_size - 1));
+          poison_cache_token(pb, key, 0, tok, g, d);
+          const auto rows = rows_attending(pb, 0, tok, g);
+          ASSERT_FALSE(rows.empty());
+          if (a == Algo::kAuto) ASSERT_LT(rows.size(), std::size_t(6 * (c.num_heads / c.num_kv_heads)));
+          // a NaN key element makes the token's logit, so the whole row, NaN; a NaN value
+          // element only output element d
+          expect_nan_rows(pb, call_of(pb, a), rows, key ? -1 : d, key, a == Algo::kV2);
+        }
+}
+
 // The backend carries two copies of its kernel (AVX2 + F16C, chosen at run time, and
 // baseline x86-64; PAGEDATTN_CPU_KERNEL=generic forces the latter). They must agree bit for
 // bit: same float32 operations in the same order. Skipped where there is no AVX2 + F16C copy
@@ -359,6 +731,54 @@ TEST(CpuAttention, KernelCopiesAgreeBitwise) {
           for (std::size_t i = 0; i < got[0].size(); ++i) diff += !(got[0][i] == got[1][i]);
           EXPECT_EQ(diff, 0) << algo_name(a) << ": outputs of the avx2 and generic kernels differ";
         }
+      }
+}
+
+// The same for the SPEC §3b variants (auto path): out and lse bit for bit, over windows,
+// soft-caps, several query tokens (part-attended blocks, lane masks), per-head scales.
+TEST(CpuAttention, KernelCopiesAgreeBitwiseOnVariants) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("f16c"))
+    GTEST_SKIP() << "this CPU has no AVX2 + F16C: only the generic kernel copy runs here";
+#else
+  GTEST_SKIP() << "not an x86 CPU: only the generic kernel copy is built";
+#endif
+  struct ForceGeneric {
+    ForceGeneric() { ::setenv("PAGEDATTN_CPU_KERNEL", "generic", 1); }
+    ~ForceGeneric() { ::unsetenv("PAGEDATTN_CPU_KERNEL"); }
+  };
+  PAGEDATTN_TEST_RNG(rng);
+  int k = 0;
+  for (DType t : kDTypes)
+    for (CacheDType cd : kCacheDTypes)
+      for (int bs : {8, 16, 32}) {
+        ProblemConfig c;
+        c.dtype = t;
+        c.kv_cache_dtype = cd;
+        c.per_head_scales = cd != CacheDType::kAuto && k % 2 == 0;
+        c.block_size = bs;
+        c.head_size = kHeadSizes[(k * 2 + 1) % 9];
+        c.num_kv_heads = 2;
+        c.num_heads = 2 * (1 << (k % 4));
+        c.alibi = k % 3 == 0;
+        c.logits_soft_cap = k % 4 == 1 ? 10.0f : 0.0f;
+        c.window_left = k % 3 == 2 ? static_cast<int>(rng.randint(0, 200)) : -1;
+        c.lse = true;
+        c.seq_lens = {static_cast<int>(rng.randint(1, 40)), 513, static_cast<int>(rng.randint(100, 900))};
+        c.q_lens = {1, static_cast<int>(rng.randint(1, 12)), static_cast<int>(rng.randint(1, 40))};
+        ++k;
+        HostProblem pb = build_problem(c, rng);
+        SCOPED_TRACE(describe(pb.cfg, Algo::kAuto));
+        std::vector<std::uint8_t> out[2], lse[2];
+        for (int generic = 0; generic < 2; ++generic) {
+          std::optional<ForceGeneric> force;
+          if (generic) force.emplace();
+          paged_attention(pb.params, nullptr, 0);
+          out[generic] = pb.out.storage;
+          lse[generic] = pb.lse.storage;
+        }
+        EXPECT_TRUE(out[0] == out[1]) << "out of the avx2 and generic kernels differs";
+        EXPECT_TRUE(lse[0] == lse[1]) << "lse of the avx2 and generic kernels differs";
       }
 }
 

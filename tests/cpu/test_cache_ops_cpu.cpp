@@ -3,6 +3,7 @@
 // validation / checked-mode error with its message.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -84,8 +85,10 @@ ReshapeCase make_reshape_case(DType t, CacheDType cd, int d, bool views, test::R
   return c;
 }
 
-/// The caches reshape_and_cache must produce, computed element by element.
-void expected_caches(const ReshapeCase& c, float k_scale, float v_scale, HostTensor& kc, HostTensor& vc) {
+/// The caches reshape_and_cache must produce, computed element by element; kv head g of an
+/// fp8 cache is encoded with k_scales[g] / v_scales[g].
+void expected_caches(const ReshapeCase& c, const std::vector<float>& k_scales, const std::vector<float>& v_scales,
+                     HostTensor& kc, HostTensor& vc) {
   const auto* s = static_cast<const std::int64_t*>(c.slots.view.data);
   const std::size_t es_in = dtype_size(c.t);
   const std::size_t es_c = dtype_size(kc.view.dtype);
@@ -107,8 +110,8 @@ void expected_caches(const ReshapeCase& c, float k_scale, float v_scale, HostTen
         } else {  // SPEC §6: encode(x / scale), in float
           const float kx = static_cast<float>(test::load_value(c.key.view.data, c.t, ki));
           const float vx = static_cast<float>(test::load_value(c.value.view.data, c.t, vi));
-          kb[kdst] = float_to_fp8(kx / k_scale, c.cd);
-          vb[vdst] = float_to_fp8(vx / v_scale, c.cd);
+          kb[kdst] = float_to_fp8(kx / k_scales[g], c.cd);
+          vb[vdst] = float_to_fp8(vx / v_scales[g], c.cd);
         }
       }
   }
@@ -127,11 +130,78 @@ TEST(CpuCacheOps, ReshapeAndCacheEveryDtype) {
           p.v_scale = 3.0f;
         }
         HostTensor kc = c.key_cache, vc = c.value_cache;
-        expected_caches(c, p.k_scale, p.v_scale, kc, vc);
+        expected_caches(c, std::vector<float>(c.kvh, p.k_scale), std::vector<float>(c.kvh, p.v_scale), kc, vc);
         reshape_and_cache(p);
         // Whole allocations, so untouched slots (padding tokens included) are checked too.
         EXPECT_TRUE(kc.storage == c.key_cache.storage) << "key cache differs";
         EXPECT_TRUE(vc.storage == c.value_cache.storage) << "value cache differs";
+      }
+}
+
+// Per-kv-head scales (SPEC §3b): kv head g is stored as encode(x / k_scales[g]) (the bytes,
+// whole allocations compared), and decoding times the same scale gives x back within the
+// format's rounding (half a unit in the last place: 2^-4 relative for E4M3, 2^-3 for E5M2,
+// or the subnormal spacing near zero) unless x / scale saturates.
+TEST(CpuCacheOps, ReshapeAndCachePerHeadScales) {
+  PAGEDATTN_TEST_RNG(rng);
+  for (DType t : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
+    for (CacheDType cd : {CacheDType::kFp8E4M3, CacheDType::kFp8E5M2})
+      for (bool views : {false, true}) {
+        SCOPED_TRACE(detail::cat(dtype_name(t), " / ", cache_dtype_name(cd), views ? " / views" : ""));
+        ReshapeCase c = make_reshape_case(t, cd, views ? 80 : 64, views, rng);
+        // distinct per head, and far enough apart that one head's scale would give other bytes
+        std::vector<float> ks(c.kvh), vs(c.kvh);
+        for (int g = 0; g < c.kvh; ++g) {
+          ks[g] = static_cast<float>(rng.uniform(0.75, 1.25) * (g + 1));
+          vs[g] = static_cast<float>(rng.uniform(0.75, 1.25) * (3 - g));
+        }
+        HostTensor k_scales = make_tensor(DType::kFloat32, {c.kvh}), v_scales = make_tensor(DType::kFloat32, {c.kvh});
+        std::memcpy(k_scales.view.data, ks.data(), sizeof(float) * ks.size());
+        std::memcpy(v_scales.view.data, vs.data(), sizeof(float) * vs.size());
+        ReshapeAndCacheParams p = c.params();
+        p.k_scales = k_scales.view;
+        p.v_scales = v_scales.view;
+        HostTensor kc = c.key_cache, vc = c.value_cache;
+        expected_caches(c, ks, vs, kc, vc);
+        reshape_and_cache(p);
+        EXPECT_TRUE(kc.storage == c.key_cache.storage) << "key cache differs";
+        EXPECT_TRUE(vc.storage == c.value_cache.storage) << "value cache differs";
+
+        // Round trip through the cache's layout.
+        const double rel = cd == CacheDType::kFp8E4M3 ? 1.0 / 16 : 1.0 / 8;
+        const double sub = cd == CacheDType::kFp8E4M3 ? std::ldexp(1.0, -10) : std::ldexp(1.0, -17);
+        const double max_finite = cd == CacheDType::kFp8E4M3 ? 448.0 : 57344.0;
+        const auto* slots = static_cast<const std::int64_t*>(c.slots.view.data);
+        const auto& kv = c.key_cache.view;
+        const auto& vv = c.value_cache.view;
+        int bad = 0, checked = 0;
+        for (int i = 0; i < c.num_tokens; ++i) {
+          if (slots[i] < 0) continue;
+          const std::int64_t blk = slots[i] / c.bs, off = slots[i] % c.bs;
+          for (int g = 0; g < c.kvh; ++g)
+            for (int d = 0; d < c.d; ++d) {
+              const std::int64_t kdst =
+                  blk * kv.strides[0] + g * kv.strides[1] + (d / c.x) * kv.strides[2] + off * c.x + d % c.x;
+              const std::int64_t vdst = blk * vv.strides[0] + g * vv.strides[1] + d * c.bs + off;
+              const std::pair<double, double> pairs[] = {
+                  {test::load_value(c.key.view.data, t, i * c.key.view.strides[0] + g * c.d + d),
+                   double(fp8_to_float(static_cast<const std::uint8_t*>(kv.data)[kdst], cd)) * ks[g]},
+                  {test::load_value(c.value.view.data, t, i * c.value.view.strides[0] + g * c.d + d),
+                   double(fp8_to_float(static_cast<const std::uint8_t*>(vv.data)[vdst], cd)) * vs[g]},
+              };
+              for (int kvi = 0; kvi < 2; ++kvi) {
+                const auto [x, back] = pairs[kvi];
+                const double scale = kvi == 0 ? ks[g] : vs[g];
+                if (std::abs(x / scale) > max_finite) continue;  // saturates (checked bytewise above)
+                ++checked;
+                if (!(std::abs(back - x) <= rel * std::abs(x) + sub * scale) && ++bad <= 5)
+                  ADD_FAILURE() << (kvi == 0 ? "key" : "value") << " token " << i << " head " << g << " d " << d
+                                << ": stored " << x << " decodes to " << back << " (scale " << scale << ")";
+              }
+            }
+        }
+        EXPECT_GT(checked, 0);
+        EXPECT_EQ(bad, 0);
       }
 }
 
