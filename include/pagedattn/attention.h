@@ -75,8 +75,9 @@ struct PagedAttentionParams {
   /// its token j sits at p = seq_lens[i] - q_len_i + j and attends t <= p (causal).
   /// Lives on the call's device; its last entry must equal query.shape[0] (checked mode).
   TensorView query_start_loc;
-  /// Optional host-side hint with query_start_loc: the largest q_len_i (0 = unknown: the
-  /// bound query.shape[0] - num_seqs + 1 is used). Sizes the grid; checked mode verifies it.
+  /// Host-side hint with query_start_loc: the largest q_len_i (0 = unknown: query.shape[0] is
+  /// assumed, correct but launching CTAs for rows no sequence has: pass it). Sizes the grid;
+  /// checked mode verifies it (unchecked, a hint below the true maximum leaves rows unwritten).
   int max_query_len = 0;
   /// Optional float32 output [num_query_rows, num_heads]: ln sum_t exp(s_t) over the attended
   /// tokens of each row (after scale, soft-cap, ALiBi and masks); -inf for a row that attends

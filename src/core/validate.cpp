@@ -157,7 +157,8 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
     if (p.max_query_len < 0 || p.max_query_len > s.num_rows)
       fail(kInv, op, ": max_query_len is ", p.max_query_len, "; must be in [0, num_query_rows = ", s.num_rows,
            "] (0: unknown)");
-    s.max_q_len = p.max_query_len > 0 ? p.max_query_len : std::max(1, s.num_rows - s.num_seqs + 1);
+    // without the hint, every row may belong to one sequence (others may have no query token)
+    s.max_q_len = p.max_query_len > 0 ? p.max_query_len : std::max(1, s.num_rows);
   } else if (p.max_query_len > 1 || p.max_query_len < 0) {
     fail(kInv, op, ": max_query_len is ", p.max_query_len,
          " without query_start_loc; one query token per sequence allows only 0 or 1");

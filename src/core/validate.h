@@ -42,7 +42,7 @@ struct AttentionShape {
   std::int64_t bt_stride = 0;     ///< block_tables stride(0)
   // variants (SPEC §3b)
   int num_rows = 0;               ///< query rows: query.shape[0] (== num_seqs without query_start_loc)
-  int max_q_len = 1;              ///< bound on q_len_i: the max_query_len hint, or num_rows - num_seqs + 1
+  int max_q_len = 1;              ///< bound on q_len_i: the max_query_len hint, or num_rows
   bool multi_token = false;       ///< query_start_loc given
   bool variants = false;          ///< any SPEC §3b field set (V1/V2 reject the call)
   int group_size() const { return num_heads / num_kv_heads; }
