@@ -151,9 +151,6 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
       fail(kInv, op, ": query_start_loc has ", p.query_start_loc.shape[0], " entries; must have num_seqs + 1 >= 1");
     s.num_seqs = static_cast<int>(p.query_start_loc.shape[0] - 1);
     s.multi_token = true;
-    if (s.num_rows < s.num_seqs)
-      fail(kInv, op, ": query has ", s.num_rows, " rows but query_start_loc describes ", s.num_seqs,
-           " sequences; with query_start_loc every sequence needs at least one query row");
     if (p.max_query_len < 0 || p.max_query_len > s.num_rows)
       fail(kInv, op, ": max_query_len is ", p.max_query_len, "; must be in [0, num_query_rows = ", s.num_rows,
            "] (0: unknown)");

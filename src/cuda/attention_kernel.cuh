@@ -73,9 +73,12 @@ struct CtaWork {
   bool empty;           ///< no rows, or the split lies past the span: nothing to do
   bool write_partials;  ///< V2, or a split of a sequence that has several
 
-  __device__ __forceinline__ int token(int r) const { return (row0 + r) / group; }
+  // one query token per sequence (plain decode, the common case): no division
+  __device__ __forceinline__ int token(int r) const { return q_len == 1 ? 0 : (row0 + r) / group; }
   /// Query head of row r.
-  __device__ __forceinline__ int head(int r) const { return kv_head * group + (row0 + r) % group; }
+  __device__ __forceinline__ int head(int r) const {
+    return kv_head * group + (q_len == 1 ? row0 + r : (row0 + r) % group);
+  }
   /// Row index into query / out / lse of row r.
   __device__ __forceinline__ int qrow(int r) const { return q_first + token(r); }
   /// Position of row r's query token in the sequence (it attends t <= pos).
@@ -113,13 +116,21 @@ __device__ __forceinline__ CtaScales cta_scales(const AttentionKernelParams& p, 
   return {p.scale * p.k_scales[kv_head], p.v_scales[kv_head]};
 }
 
+/// Whether a call needs the variant instances of the kernels (kVar = true): per-row token
+/// ranges (query_start_loc, window) or the soft-cap. The plain instances carry neither, so
+/// plain decode runs the same instructions as before the variants existed (measured: the
+/// variant code in the plain kernel cost 4-6% on GQA, docs/performance.md).
+__host__ __device__ inline bool needs_variant_kernel(const AttentionKernelParams& p) {
+  return p.rows_vary != 0 || p.rule.soft_cap > 0.0f;
+}
+
 /// Bit r set: row r of the CTA attends token t of logical block `lblock` (causal position,
 /// window, block-sparse). Only active rows: a padding row must not pull in masked pages.
-template <int H>
+template <int H, bool kVar>
 __device__ __forceinline__ unsigned rows_attending(const AttentionKernelParams& p, const CtaWork& w, const int (&lo)[H],
                                                    const int (&hi)[H], int t, int lblock) {
   unsigned mask = (1u << w.nr) - 1u;
-  if (p.rows_vary) {
+  if (kVar && p.rows_vary) {
     mask = 0u;
 #pragma unroll
     for (int r = 0; r < H; ++r)
@@ -127,11 +138,20 @@ __device__ __forceinline__ unsigned rows_attending(const AttentionKernelParams& 
   }
   if (p.rule.sparse) {
 #pragma unroll
-    for (int r = 0; r < H; ++r)
-      if (((mask >> r) & 1u) && !p.rule.block_attended(hi[r], w.head(r), w.kv_head, lblock * p.block_size))
+    for (int r = 0; r < H; ++r)  // plain instances: every row sits at seq_len - 1
+      if (((mask >> r) & 1u) &&
+          !p.rule.block_attended(kVar ? hi[r] : w.seq_len - 1, w.head(r), w.kv_head, lblock * p.block_size))
         mask &= ~(1u << r);
   }
   return mask;
+}
+
+/// The logit of a row at position `pos` for token t from its scaled dot product `s`: soft-cap
+/// and ALiBi (the plain instances have no soft-cap).
+template <bool kVar>
+__device__ __forceinline__ float row_logit(const AttentionKernelParams& p, float s, float slope, int t, int pos) {
+  if constexpr (kVar) return p.rule.logit(s, slope, t, pos);
+  return s + slope * static_cast<float>(t - pos);
 }
 
 /// Attended token range [lo, hi] of each row of the CTA.
@@ -183,7 +203,7 @@ __device__ __forceinline__ void write_merged(const AttentionKernelParams& p, con
   }
 }
 
-template <typename T, CacheKind C, int D, int HPC>
+template <typename T, CacheKind C, int D, int HPC, bool kVar>
 __global__ void __launch_bounds__(kThreads)
     paged_attention_kernel(const __grid_constant__ AttentionKernelParams p) {
   using Tr = AttentionTraits<T, C, D, HPC>;
@@ -242,7 +262,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int h = 0; h < HPC; ++h) {
       float sh = -INFINITY;
-      if (head_mask & (1u << h)) sh = p.rule.logit(s[h], slope[h], t, hi[h]);
+      if (head_mask & (1u << h)) sh = row_logit<kVar>(p, s[h], slope[h], t, kVar ? hi[h] : work.seq_len - 1);
       const float m_new = max_nan(m[h], warp_max(sh));
       float ph = 0.0f;
       alpha[h] = 1.0f;
@@ -294,12 +314,17 @@ __global__ void __launch_bounds__(kThreads)
     unsigned head_mask = 0;  // bit h: head h attends token t
     if (in_range) {
       page = bt[lblock];
-      head_mask = rows_attending<HPC>(p, work, lo, hi, t, lblock);
+      head_mask = rows_attending<HPC, kVar>(p, work, lo, hi, t, lblock);
     }
     const unsigned attended = __ballot_sync(0xffffffffu, head_mask != 0);
     if (attended == 0u) continue;  // tile fully masked
-    // a page is read for a run of 8 tokens when any row attends any of them (a run lies in one page)
-    my_pg[lane] = ((attended >> (lane & ~7)) & 0xffu) != 0u ? page : -1;
+    if constexpr (kVar) {
+      // per-token masks: a page is read for a run of 8 tokens when any row attends any of
+      // them (a run lies in one page)
+      my_pg[lane] = ((attended >> (lane & ~7)) & 0xffu) != 0u ? page : -1;
+    } else {
+      my_pg[lane] = head_mask != 0 ? page : -1;  // masks are per block
+    }
     __syncwarp();
 
     // Value vectors of this tile for this lane's head dimensions: vector j holds x tokens
@@ -307,9 +332,11 @@ __global__ void __launch_bounds__(kThreads)
     // split when a whole vector lies beyond it.
     auto load_values = [&](std::uint32_t (&raw)[kND][4], int j) {
       const int tj = t0 + j * kX;
+      // fp8: 16 tokens, two 8-token runs (two pages with 8-token blocks; with per-token masks
+      // either run may be the one attended)
       const int pg0 = my_pg[j * kX];
-      const int pg1 = kX > 8 ? my_pg[j * kX + 8] : pg0;  // fp8: 16 tokens, two 8-token runs (two pages with 8-token blocks)
-      const int pg = pg0 >= 0 ? pg0 : pg1;              // the page of both runs when blocks hold >= 16 tokens
+      const int pg1 = (kX > 8 && (kVar || bs == 8)) ? my_pg[j * kX + 8] : pg0;
+      const int pg = pg0 >= 0 ? pg0 : pg1;  // the page of both runs when blocks hold >= 16 tokens
 #pragma unroll
       for (int i = 0; i < kND; ++i) {
         const int d = lane + 32 * i;
@@ -377,7 +404,7 @@ __global__ void __launch_bounds__(kThreads)
       const int tj = t0 + j * kX;  // first token of this value vector
       if (tj >= end) break;
       if constexpr (!Tr::kPrefetchV) {
-        if (my_pg[j * kX] < 0 && my_pg[j * kX + (kX > 8 ? 8 : 0)] < 0) continue;
+        if (my_pg[j * kX] < 0 && my_pg[j * kX + ((kX > 8 && (kVar || bs == 8)) ? 8 : 0)] < 0) continue;
         load_values(vraw[0], j);
       }
 #pragma unroll

@@ -102,7 +102,7 @@ struct MmaTraits {
   static_assert(D <= 128, "the tensor-core path keeps the output in registers: head_size <= 128");
 };
 
-template <typename T, CacheKind C, int D>
+template <typename T, CacheKind C, int D, bool kVar>
 __global__ void __launch_bounds__(kThreads)
     paged_attention_mma_kernel(const __grid_constant__ AttentionKernelParams p) {
   using Tr = MmaTraits<T, C, D>;
@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int e = 0; e < 2; ++e) {
     slope[e] = (p.alibi_slopes != nullptr && 2 * q + e < nh) ? p.alibi_slopes[work.head(2 * q + e)] : 0.0f;
-    row_pos[e] = work.pos(2 * q + e);
+    row_pos[e] = kVar ? work.pos(2 * q + e) : work.seq_len - 1;  // plain instances: one token at the end
   }
   // attended tokens [lo, hi] of every row (the lane-per-token masks need all of them)
   int lo[H], hi[H];
@@ -197,7 +197,7 @@ __global__ void __launch_bounds__(kThreads)
     if (t < end) {
       const int lb = t >> p.block_shift;
       st.tpage = bt[lb];
-      st.tmask = rows_attending<H>(p, work, lo, hi, t, lb);
+      st.tmask = rows_attending<H, kVar>(p, work, lo, hi, t, lb);
     }
     return st;
   };
@@ -208,9 +208,14 @@ __global__ void __launch_bounds__(kThreads)
       const unsigned m = __shfl_sync(0xffffffffu, st.tmask, (k >> 1) * 16 + r + 8 * (k & 1));
       st.bits |= (((m >> (2 * q)) & 3u) | (m != 0u ? 4u : 0u)) << (3 * k);
     }
-    const unsigned any = __ballot_sync(0xffffffffu, st.tmask != 0u);  // per token: some row attends it
-    const int vp = __shfl_sync(0xffffffffu, st.tpage, 8 * q);       // tokens 8q..8q+7 share one page
-    st.vpage = ((any >> (8 * q)) & 0xffu) != 0u ? vp : -1;
+    const int vp = __shfl_sync(0xffffffffu, st.tpage, 8 * q);  // tokens 8q..8q+7 share one page
+    if constexpr (kVar) {  // per-token masks: any of the 8 tokens attended by any row
+      const unsigned any = __ballot_sync(0xffffffffu, st.tmask != 0u);
+      st.vpage = ((any >> (8 * q)) & 0xffu) != 0u ? vp : -1;
+    } else {  // masks are per block: token 8q speaks for the run
+      const unsigned vm = __shfl_sync(0xffffffffu, st.tmask, 8 * q);
+      st.vpage = vm != 0u ? vp : -1;
+    }
   };
   // key slot entry of (chunk, token of the tile); swizzled when copied lane-per-token so the
   // fragment reads (8 lanes: 2 tokens x 4 chunks) hit 8 different banks
@@ -317,7 +322,7 @@ __global__ void __launch_bounds__(kThreads)
           const int t = t0 + mt * 16 + r + 8 * hf;
           float v = -INFINITY;
           if ((st0.bits >> (3 * (2 * mt + hf) + e)) & 1u)
-            v = p.rule.logit(sacc[mt][2 * hf + e] * scales.qk, slope[e], t, row_pos[e]);
+            v = row_logit<kVar>(p, sacc[mt][2 * hf + e] * scales.qk, slope[e], t, row_pos[e]);
           sv[mt * 2 + hf] = v;
           mx = max_nan(mx, v);
         }

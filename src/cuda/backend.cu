@@ -173,7 +173,7 @@ void attention_auto(const PagedAttentionParams& p, const AttentionShape& s, void
          " but this shape needs paged_attention_workspace_size() = ", a.total, " bytes");
   if (reinterpret_cast<std::uintptr_t>(ws) % 256 != 0)
     fail(ErrorCode::kInvalidArgument, "paged_attention: workspace pointer must be 256-byte aligned");
-  if (s.num_seqs == 0) return;
+  if (s.num_seqs == 0 || s.num_rows == 0) return;  // nothing to compute (sequences may have no query token)
   check_grid(s, kc, "paged_attention");
   AttentionKernelParams k = make_params(p, s, kc, "paged_attention");
   k.partition_size = a.plan.partition_size;

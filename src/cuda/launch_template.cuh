@@ -69,27 +69,34 @@ void launch_kernel(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stre
 template <typename T, int C, int D, int HPC>
 void launch_one(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
   constexpr CacheKind kind = static_cast<CacheKind>(C);
-  launch_kernel<paged_attention_kernel<T, kind, D, HPC>, AttentionTraits<T, kind, D, HPC>::kSmemBytes>(
-      kp, grid, stream, "paged_attention_kernel launch");
+  constexpr int smem = AttentionTraits<T, kind, D, HPC>::kSmemBytes;
+  if (needs_variant_kernel(kp))
+    return launch_kernel<paged_attention_kernel<T, kind, D, HPC, true>, smem>(kp, grid, stream,
+                                                                              "paged_attention_kernel launch");
+  launch_kernel<paged_attention_kernel<T, kind, D, HPC, false>, smem>(kp, grid, stream, "paged_attention_kernel launch");
 }
 
 template <typename T, int C, int D, int HPC>
 int occupancy_one() {
   constexpr CacheKind kind = static_cast<CacheKind>(C);
-  return resident_ctas<paged_attention_kernel<T, kind, D, HPC>, AttentionTraits<T, kind, D, HPC>::kSmemBytes>();
+  return resident_ctas<paged_attention_kernel<T, kind, D, HPC, false>, AttentionTraits<T, kind, D, HPC>::kSmemBytes>();
 }
 
 template <typename T, int C, int D>
 void launch_attention_mma(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
   constexpr CacheKind kind = static_cast<CacheKind>(C);
-  launch_kernel<paged_attention_mma_kernel<T, kind, D>, MmaTraits<T, kind, D>::kSmemBytes>(
-      kp, grid, stream, "paged_attention_mma_kernel launch");
+  constexpr int smem = MmaTraits<T, kind, D>::kSmemBytes;
+  if (needs_variant_kernel(kp))
+    return launch_kernel<paged_attention_mma_kernel<T, kind, D, true>, smem>(kp, grid, stream,
+                                                                            "paged_attention_mma_kernel launch");
+  launch_kernel<paged_attention_mma_kernel<T, kind, D, false>, smem>(kp, grid, stream,
+                                                                    "paged_attention_mma_kernel launch");
 }
 
 template <typename T, int C, int D>
 int attention_mma_ctas_per_sm() {
   constexpr CacheKind kind = static_cast<CacheKind>(C);
-  return resident_ctas<paged_attention_mma_kernel<T, kind, D>, MmaTraits<T, kind, D>::kSmemBytes>();
+  return resident_ctas<paged_attention_mma_kernel<T, kind, D, false>, MmaTraits<T, kind, D>::kSmemBytes>();
 }
 
 template <typename T, int C, int D>
