@@ -1,10 +1,11 @@
-// Attention entry points: argument order of SPEC §5 (vLLM), then the binding-only extras
-// `checked` and `stream` (an integer cudaStream_t; ignored on the CPU).
-#include <nanobind/stl/optional.h>
+// Attention entry points. Every one takes the same `call`: a tuple with one entry per field of
+// PAGEDATTN_CALL_FIELDS, in that order, packed by the package (pagedattn/_call.py:
+// attention_call, whose parameters are these names in this order; the package checks that at
+// import against ATTENTION_FIELDS). Each field is named once, in the list below, and converted
+// once, in AttentionCall's constructor.
 #include <nanobind/stl/string.h>
 
 #include <chrono>
-#include <tuple>
 #include <string>
 
 #include "bindings.h"
@@ -14,149 +15,213 @@
 namespace pagedattn::python {
 namespace {
 
-// The shared tail of every attention call, in SPEC §5 order after `value_cache`.
-struct AttentionArgs {
-  ArrayRO query, key_cache, value_cache;
-  int num_kv_heads;
-  double scale;
-  ArrayRO block_tables, seq_lens;
-  int block_size, max_seq_len;
-  std::optional<ArrayRO> alibi_slopes;
-  std::string kv_cache_dtype;
-  double k_scale, v_scale;
-  int tp_rank, bs_local_blocks, bs_vert_stride, bs_block_size, bs_head_sliding_step;
-  bool checked;
-  std::uintptr_t stream;
+// SPEC §5 order (vLLM), then the package's keywords: checked, stream, the auto path's
+// workspace, the SPEC §3b variants and the auto path's planner hints.
+#define PAGEDATTN_CALL_FIELDS(X)                                                                                \
+  X(out) X(query) X(key_cache) X(value_cache) X(num_kv_heads) X(scale) X(block_tables) X(seq_lens) X(block_size) \
+  X(max_seq_len) X(alibi_slopes) X(kv_cache_dtype) X(k_scale) X(v_scale) X(tp_rank) X(blocksparse_local_blocks)   \
+  X(blocksparse_vert_stride) X(blocksparse_block_size) X(blocksparse_head_sliding_step) X(checked) X(stream)     \
+  X(workspace) X(query_start_loc) X(max_query_len) X(window_left) X(logits_soft_cap) X(lse) X(total_tokens)     \
+  X(batch_invariant)
+
+enum Field : int {
+#define PAGEDATTN_FIELD_ENUM(name) f_##name,
+  PAGEDATTN_CALL_FIELDS(PAGEDATTN_FIELD_ENUM)
+#undef PAGEDATTN_FIELD_ENUM
+  kNumFields
 };
 
-PagedAttentionParams make_params(const Array& out, const AttentionArgs& a) {
+constexpr const char* kFieldNames[kNumFields] = {
+#define PAGEDATTN_FIELD_NAME(name) #name,
+    PAGEDATTN_CALL_FIELDS(PAGEDATTN_FIELD_NAME)
+#undef PAGEDATTN_FIELD_NAME
+};
+
+// One call's parameters, converted from the package's tuple. Holds the DLPack imports, so it
+// must outlive the library call.
+struct AttentionCall {
   PagedAttentionParams p;
-  p.out = to_view(out, "out");
-  p.query = to_view(a.query, "query");
-  p.key_cache = to_view(a.key_cache, "key_cache");
-  p.value_cache = to_view(a.value_cache, "value_cache");
-  p.block_tables = to_view(a.block_tables, "block_tables");
-  p.seq_lens = to_view(a.seq_lens, "seq_lens");
-  p.alibi_slopes = to_view(a.alibi_slopes, "alibi_slopes");
-  p.num_kv_heads = a.num_kv_heads;
-  p.scale = static_cast<float>(a.scale);
-  p.block_size = a.block_size;
-  p.max_seq_len = a.max_seq_len;
-  p.kv_cache_dtype = parse_cache_dtype(a.kv_cache_dtype);
-  p.k_scale = static_cast<float>(a.k_scale);
-  p.v_scale = static_cast<float>(a.v_scale);
-  p.tp_rank = a.tp_rank;
-  p.blocksparse.local_blocks = a.bs_local_blocks;
-  p.blocksparse.vert_stride = a.bs_vert_stride;
-  p.blocksparse.block_size = a.bs_block_size;
-  p.blocksparse.head_sliding_step = a.bs_head_sliding_step;
-  p.checked = a.checked;
-  p.stream = stream_ptr(a.stream);
-  return p;
-}
+  void* workspace = nullptr;  ///< the auto path's workspace; nullptr when the caller gave none
+  std::size_t workspace_bytes = 0;
+  bool has_workspace = false;
+  Imports imports;
 
-// Every binding spells the same argument list; this macro-free helper keeps one copy of it.
-// Names follow SPEC §5; nanobind uses them for keyword calls and for error messages.
-template <typename... Extra>
-auto attention_args(Extra... head) {
-  return std::make_tuple(head..., nb::arg("query"), nb::arg("key_cache"), nb::arg("value_cache"),
-                         nb::arg("num_kv_heads"), nb::arg("scale"), nb::arg("block_tables"), nb::arg("seq_lens"),
-                         nb::arg("block_size"), nb::arg("max_seq_len"), nb::arg("alibi_slopes").none(),
-                         nb::arg("kv_cache_dtype"), nb::arg("k_scale"), nb::arg("v_scale"), nb::arg("tp_rank"),
-                         nb::arg("blocksparse_local_blocks"), nb::arg("blocksparse_vert_stride"),
-                         nb::arg("blocksparse_block_size"), nb::arg("blocksparse_head_sliding_step"),
-                         nb::arg("checked"), nb::arg("stream"));
-}
+  AttentionCall(nb::handle call, const char* op) {
+    PyObject* t = call.ptr();
+    if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != kNumFields)
+      throw nb::type_error((std::string(op) + ": expected the argument tuple of pagedattn._call.attention_call (" +
+                            std::to_string(kNumFields) + " fields)")
+                               .c_str());
+    auto at = [t](Field f) { return nb::handle(PyTuple_GET_ITEM(t, f)); };
+    auto name = [](Field f) { return kFieldNames[f]; };
+    auto array = [&](Field f, Access access = Access::kRead, bool optional = false) {
+      return imports.view(at(f), op, name(f), access, optional);
+    };
+    auto i32 = [&](Field f) { return int_arg(at(f), op, name(f)); };
 
-template <typename F, typename Tuple, typename... Tail>
-void def_with(nb::module_& m, const char* name, F&& f, const char* doc, Tuple&& args, Tail... tail) {
-  std::apply([&](auto... a) { m.def(name, std::forward<F>(f), a..., tail..., doc); }, args);
+    p.out = array(f_out, Access::kWrite);
+    p.query = array(f_query);
+    p.key_cache = array(f_key_cache);
+    p.value_cache = array(f_value_cache);
+    p.num_kv_heads = i32(f_num_kv_heads);
+    p.scale = static_cast<float>(float_arg(at(f_scale), op, name(f_scale)));
+    p.block_tables = array(f_block_tables);
+    p.seq_lens = array(f_seq_lens);
+    p.block_size = i32(f_block_size);
+    p.max_seq_len = i32(f_max_seq_len);
+    p.alibi_slopes = array(f_alibi_slopes, Access::kRead, /*optional=*/true);
+    p.kv_cache_dtype = parse_cache_dtype(str_arg(at(f_kv_cache_dtype), op, name(f_kv_cache_dtype)));
+    imports.scale(at(f_k_scale), op, name(f_k_scale), p.k_scale, p.k_scales);
+    imports.scale(at(f_v_scale), op, name(f_v_scale), p.v_scale, p.v_scales);
+    p.tp_rank = i32(f_tp_rank);
+    p.blocksparse.local_blocks = i32(f_blocksparse_local_blocks);
+    p.blocksparse.vert_stride = i32(f_blocksparse_vert_stride);
+    p.blocksparse.block_size = i32(f_blocksparse_block_size);
+    p.blocksparse.head_sliding_step = i32(f_blocksparse_head_sliding_step);
+    p.checked = bool_arg(at(f_checked), op, name(f_checked));
+    p.stream = stream_arg(at(f_stream), op);
+    if (!at(f_workspace).is_none()) {
+      has_workspace = true;
+      workspace = imports.bytes(at(f_workspace), op, name(f_workspace), workspace_bytes);
+    }
+    p.query_start_loc = array(f_query_start_loc, Access::kRead, /*optional=*/true);
+    p.max_query_len = i32(f_max_query_len);
+    p.window_left = i32(f_window_left);
+    p.logits_soft_cap = static_cast<float>(float_arg(at(f_logits_soft_cap), op, name(f_logits_soft_cap)));
+    p.lse = array(f_lse, Access::kWrite, /*optional=*/true);
+    p.total_tokens = int64_arg(at(f_total_tokens), op, name(f_total_tokens));
+    p.batch_invariant = bool_arg(at(f_batch_invariant), op, name(f_batch_invariant));
+  }
+
+  /// V1 and V2 keep vLLM's contract: the auto path's own arguments are errors there (the
+  /// library itself rejects the SPEC §3b variants by name).
+  void reject_auto_only(const char* op) const {
+    const char* field = has_workspace ? "workspace"
+                        : p.total_tokens != 0 ? "total_tokens"
+                        : p.batch_invariant   ? "batch_invariant"
+                                              : nullptr;
+    if (field != nullptr)
+      throw Error(ErrorCode::kInvalidArgument, std::string(op) + ": " + field +
+                                                   " is an argument of paged_attention (the auto entry point) only");
+  }
+};
+
+// is_supported: the library's answer, plus the workspace when one is given.
+nb::tuple supported(nb::handle call) {
+  std::string reason;
+  try {
+    const AttentionCall c(call, "paged_attention");
+    const Support s = is_supported(c.p);
+    if (!s.ok) {
+      reason = s.reason;
+    } else if (c.has_workspace) {
+      const std::size_t need = paged_attention_workspace_size(c.p);
+      if (c.workspace_bytes < need)
+        reason = "paged_attention: workspace has " + std::to_string(c.workspace_bytes) + " bytes; this call needs " +
+                 std::to_string(need) + " (workspace_size())";
+    }
+  } catch (const std::exception& e) {  // conversion errors (TypeError), library errors
+    reason = e.what();
+    if (reason.empty()) reason = "paged_attention: unsupported arguments";
+  }
+  return nb::make_tuple(reason.empty(), reason);
 }
 
 }  // namespace
 
 void bind_attention(nb::module_& m) {
-  // Each lambda takes the arguments positionally (nanobind vectorcall, no kwargs parsing on the
-  // fast path) and releases the GIL around the library call.
-  auto v1 = [](Array out, ArrayRO q, ArrayRO kc, ArrayRO vc, int nkv, double scale, ArrayRO bt, ArrayRO sl, int bs,
-               int msl, std::optional<ArrayRO> alibi, std::string kvd, double ks, double vs, int tp, int bsl, int bsv,
-               int bsb, int bss, bool checked, std::uintptr_t stream) {
-    const PagedAttentionParams p = make_params(
-        out, {q, kc, vc, nkv, scale, bt, sl, bs, msl, alibi, kvd, ks, vs, tp, bsl, bsv, bsb, bss, checked, stream});
-    nb::gil_scoped_release release;
-    paged_attention_v1(p);
-  };
-  def_with(m, "paged_attention_v1", v1, "V1 paged attention; writes `out` in place.",
-           attention_args(nb::arg("out")));
+  {
+    nb::list names;
+    for (const char* n : kFieldNames) names.append(n);
+    m.attr("ATTENTION_FIELDS") = nb::tuple(names);
+  }
 
-  auto v2 = [](Array out, Array exp_sums, Array max_logits, Array tmp_out, ArrayRO q, ArrayRO kc, ArrayRO vc, int nkv,
-               double scale, ArrayRO bt, ArrayRO sl, int bs, int msl, std::optional<ArrayRO> alibi, std::string kvd,
-               double ks, double vs, int tp, int bsl, int bsv, int bsb, int bss, bool checked, std::uintptr_t stream) {
-    const PagedAttentionParams p = make_params(
-        out, {q, kc, vc, nkv, scale, bt, sl, bs, msl, alibi, kvd, ks, vs, tp, bsl, bsv, bsb, bss, checked, stream});
-    V2Workspace ws;
-    ws.exp_sums = to_view(exp_sums, "exp_sums");
-    ws.max_logits = to_view(max_logits, "max_logits");
-    ws.tmp_out = to_view(tmp_out, "tmp_out");
-    nb::gil_scoped_release release;
-    paged_attention_v2(p, ws);
-  };
-  def_with(m, "paged_attention_v2", v2, "V2 (partitioned) paged attention; writes `out` and the workspaces.",
-           attention_args(nb::arg("out"), nb::arg("exp_sums"), nb::arg("max_logits"), nb::arg("tmp_out")));
+  // Each binding converts while holding the GIL, then releases it around the library call.
+  m.def(
+      "paged_attention_v1",
+      [](nb::handle call) {
+        const AttentionCall c(call, "paged_attention_v1");
+        c.reject_auto_only("paged_attention_v1");
+        nb::gil_scoped_release release;
+        paged_attention_v1(c.p);
+      },
+      nb::arg("call"), "V1 paged attention; writes `out` in place.");
 
-  auto ws_size = [](Array out, ArrayRO q, ArrayRO kc, ArrayRO vc, int nkv, double scale, ArrayRO bt, ArrayRO sl,
-                    int bs, int msl, std::optional<ArrayRO> alibi, std::string kvd, double ks, double vs, int tp,
-                    int bsl, int bsv, int bsb, int bss, bool checked, std::uintptr_t stream) {
-    const PagedAttentionParams p = make_params(
-        out, {q, kc, vc, nkv, scale, bt, sl, bs, msl, alibi, kvd, ks, vs, tp, bsl, bsv, bsb, bss, checked, stream});
-    return paged_attention_workspace_size(p);
-  };
-  def_with(m, "paged_attention_workspace_size", ws_size,
-           "Bytes of workspace paged_attention (auto) needs for this call's shapes (0 on the CPU).",
-           attention_args(nb::arg("out")));
+  m.def(
+      "paged_attention_v2",
+      [](nb::handle call, nb::handle exp_sums, nb::handle max_logits, nb::handle tmp_out) {
+        const char* op = "paged_attention_v2";
+        AttentionCall c(call, op);
+        c.reject_auto_only(op);
+        V2Workspace ws;
+        ws.exp_sums = c.imports.view(exp_sums, op, "exp_sums", Access::kWrite);
+        ws.max_logits = c.imports.view(max_logits, op, "max_logits", Access::kWrite);
+        ws.tmp_out = c.imports.view(tmp_out, op, "tmp_out", Access::kWrite);
+        nb::gil_scoped_release release;
+        paged_attention_v2(c.p, ws);
+      },
+      nb::arg("call"), nb::arg("exp_sums"), nb::arg("max_logits"), nb::arg("tmp_out"),
+      "V2 (partitioned) paged attention; writes `out` and the workspaces.");
 
-  auto auto_ = [](Array out, ArrayRO q, ArrayRO kc, ArrayRO vc, int nkv, double scale, ArrayRO bt, ArrayRO sl, int bs,
-                  int msl, std::optional<ArrayRO> alibi, std::string kvd, double ks, double vs, int tp, int bsl,
-                  int bsv, int bsb, int bss, bool checked, std::uintptr_t stream, std::optional<Array> workspace,
-                  long long total_tokens, bool batch_invariant) {
-    PagedAttentionParams p = make_params(
-        out, {q, kc, vc, nkv, scale, bt, sl, bs, msl, alibi, kvd, ks, vs, tp, bsl, bsv, bsb, bss, checked, stream});
-    p.total_tokens = total_tokens;
-    p.batch_invariant = batch_invariant;
-    void* ws = nullptr;
-    std::size_t ws_bytes = 0;
-    if (workspace) {
-      ws = workspace->data();
-      ws_bytes = workspace->nbytes();
-    }
-    nb::gil_scoped_release release;
-    paged_attention(p, ws, ws_bytes);
-  };
-  def_with(m, "paged_attention", auto_, "Auto (V1/V2/split) paged attention; writes `out` in place.",
-           attention_args(nb::arg("out")), nb::arg("workspace").none(), nb::arg("total_tokens"),
-           nb::arg("batch_invariant"));
+  m.def(
+      "paged_attention_workspace_size",
+      [](nb::handle call) {
+        const AttentionCall c(call, "paged_attention_workspace_size");
+        return paged_attention_workspace_size(c.p);
+      },
+      nb::arg("call"), "Bytes of workspace paged_attention (auto) needs for this call's shapes (0 on the CPU).");
+
+  m.def(
+      "paged_attention",
+      [](nb::handle call) {
+        const AttentionCall c(call, "paged_attention");
+        nb::gil_scoped_release release;
+        paged_attention(c.p, c.workspace, c.workspace_bytes);
+      },
+      nb::arg("call"), "Auto (V1/V2/split) paged attention with the SPEC §3b variants; writes `out` in place.");
+
+  m.def("is_supported", &supported, nb::arg("call"),
+        "(ok, reason): whether paged_attention accepts this call; never raises.");
+
+  m.def(
+      "merge_attention_states",
+      [](nb::handle out_a, nb::handle lse_a, nb::handle out_b, nb::handle lse_b, nb::handle out, nb::handle lse,
+         nb::handle stream) {
+        const char* op = "merge_attention_states";
+        Imports im;
+        MergeStatesParams p;
+        p.out_a = im.view(out_a, op, "out_a", Access::kRead);
+        p.lse_a = im.view(lse_a, op, "lse_a", Access::kRead);
+        p.out_b = im.view(out_b, op, "out_b", Access::kRead);
+        p.lse_b = im.view(lse_b, op, "lse_b", Access::kRead);
+        p.out = im.view(out, op, "out", Access::kWrite);
+        p.lse = im.view(lse, op, "lse", Access::kWrite, /*optional=*/true);
+        p.stream = stream_arg(stream, op);
+        nb::gil_scoped_release release;
+        merge_attention_states(p);
+      },
+      nb::arg("out_a"), nb::arg("lse_a"), nb::arg("out_b"), nb::arg("lse_b"), nb::arg("out"), nb::arg("lse").none(),
+      nb::arg("stream"), "Merges two partial attentions by their log-sum-exp; writes `out` (and `lse`).");
 
   m.def("v2_max_num_partitions", &v2_max_num_partitions, nb::arg("max_seq_len"),
         "ceil(max_seq_len / 512), at least 1.");
   m.def("vllm_rule_prefers_v1", &vllm_rule_prefers_v1, nb::arg("num_seqs"), nb::arg("num_heads"),
         nb::arg("max_seq_len"), "vLLM's V1/V2 choice (SPEC §4).");
 
-  // Host-overhead baseline: the same call made `iters` times from C++ with the arguments
+  // Host-overhead baseline: the same V1 call made `iters` times from C++ with the arguments
   // converted once. Returns seconds per call. python/tools/overhead.py compares it with the
   // Python path.
-  auto bench = [](Array out, ArrayRO q, ArrayRO kc, ArrayRO vc, int nkv, double scale, ArrayRO bt, ArrayRO sl, int bs,
-                  int msl, std::optional<ArrayRO> alibi, std::string kvd, double ks, double vs, int tp, int bsl,
-                  int bsv, int bsb, int bss, bool checked, std::uintptr_t stream, int iters) {
-    const PagedAttentionParams p = make_params(
-        out, {q, kc, vc, nkv, scale, bt, sl, bs, msl, alibi, kvd, ks, vs, tp, bsl, bsv, bsb, bss, checked, stream});
-    nb::gil_scoped_release release;
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < iters; ++i) paged_attention_v1(p);
-    const auto t1 = std::chrono::steady_clock::now();
-    return std::chrono::duration<double>(t1 - t0).count() / (iters > 0 ? iters : 1);
-  };
-  def_with(m, "_bench_cpp_paged_attention_v1", bench, "Seconds per call of the C++ API, called in a C++ loop.",
-           attention_args(nb::arg("out")), nb::arg("iters"));
+  m.def(
+      "_bench_cpp_paged_attention_v1",
+      [](nb::handle call, int iters) {
+        const AttentionCall c(call, "paged_attention_v1");
+        nb::gil_scoped_release release;
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < iters; ++i) paged_attention_v1(c.p);
+        const auto t1 = std::chrono::steady_clock::now();
+        return std::chrono::duration<double>(t1 - t0).count() / (iters > 0 ? iters : 1);
+      },
+      nb::arg("call"), nb::arg("iters"), "Seconds per call of the C++ API, called in a C++ loop.");
 }
 
 }  // namespace pagedattn::python

@@ -15,16 +15,18 @@ void bind_cache_ops(nb::module_& m) {
   m.def(
       "reshape_and_cache",
       [](ArrayRO key, ArrayRO value, Array key_cache, Array value_cache, ArrayRO slot_mapping, std::string kvd,
-         double k_scale, double v_scale, bool checked, std::uintptr_t stream) {
+         nb::handle k_scale, nb::handle v_scale, bool checked, std::uintptr_t stream) {
+        const char* op = "reshape_and_cache";
         ReshapeAndCacheParams p;
+        Imports imports;  // the per-head scales, when given
         p.key = to_view(key, "key");
         p.value = to_view(value, "value");
         p.key_cache = to_view(key_cache, "key_cache");
         p.value_cache = to_view(value_cache, "value_cache");
         p.slot_mapping = to_view(slot_mapping, "slot_mapping");
         p.kv_cache_dtype = parse_cache_dtype(kvd);
-        p.k_scale = static_cast<float>(k_scale);
-        p.v_scale = static_cast<float>(v_scale);
+        imports.scale(k_scale, op, "k_scale", p.k_scale, p.k_scales);
+        imports.scale(v_scale, op, "v_scale", p.v_scale, p.v_scales);
         p.checked = checked;
         p.stream = stream_ptr(stream);
         nb::gil_scoped_release release;
@@ -32,7 +34,8 @@ void bind_cache_ops(nb::module_& m) {
       },
       nb::arg("key"), nb::arg("value"), nb::arg("key_cache"), nb::arg("value_cache"), nb::arg("slot_mapping"),
       nb::arg("kv_cache_dtype"), nb::arg("k_scale"), nb::arg("v_scale"), nb::arg("checked"), nb::arg("stream"),
-      "Writes new tokens' keys/values into the paged caches at slot_mapping (negative slots skipped).");
+      "Writes new tokens' keys/values into the paged caches at slot_mapping (negative slots skipped). k_scale / "
+      "v_scale: a float (per tensor) or a float32 [num_kv_heads] array (per kv head).");
 
   m.def(
       "copy_blocks",

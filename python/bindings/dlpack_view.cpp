@@ -1,5 +1,7 @@
 #include "dlpack_view.h"
 
+#include <nanobind/stl/string.h>
+
 #include <string>
 
 namespace pagedattn::python {
@@ -68,6 +70,84 @@ TensorView to_view(const Array& a, const char* name) { return view_of(a, name); 
 TensorView to_view(const ArrayRO& a, const char* name) { return view_of(a, name); }
 TensorView to_view(const std::optional<ArrayRO>& a, const char* name) {
   return a ? view_of(*a, name) : TensorView{};
+}
+
+namespace {
+
+[[noreturn]] void fail_type(const char* op, const char* name, const char* kind, nb::handle got) {
+  throw nb::type_error((std::string(op) + ": " + name + " must be " + kind + "; got " + Py_TYPE(got.ptr())->tp_name)
+                           .c_str());
+}
+
+template <typename T>
+T cast_arg(nb::handle h, const char* op, const char* name, const char* kind) {
+  T v{};
+  if (!nb::try_cast<T>(h, v, /*convert=*/true)) fail_type(op, name, kind, h);
+  return v;
+}
+
+}  // namespace
+
+const ArrayRO& Imports::import(nb::handle h, const char* op, const char* name, Access access) {
+  if (count_ == kMax) throw Error(ErrorCode::kBackendError, std::string(op) + ": too many array arguments");
+  ArrayRO& slot = held_[count_];
+  // No conversion: an argument that is not already a DLPack array (or capsule) is an error,
+  // never a silent copy.
+  bool ok;
+  if (access == Access::kWrite) {
+    Array a;
+    ok = nb::try_cast<Array>(h, a, /*convert=*/false);
+    if (ok) slot = ArrayRO(a);
+  } else {
+    ok = nb::try_cast<ArrayRO>(h, slot, /*convert=*/false);
+  }
+  if (!ok)
+    fail_type(op, name,
+              access == Access::kWrite ? "a writable DLPack array (NumPy, PyTorch, CuPy, ...)"
+                                       : "a DLPack array (NumPy, PyTorch, CuPy, ...)",
+              h);
+  ++count_;
+  return slot;
+}
+
+TensorView Imports::view(nb::handle h, const char* op, const char* name, Access access, bool optional) {
+  if (optional && h.is_none()) return TensorView{};
+  return view_of(import(h, op, name, access), name);
+}
+
+void* Imports::bytes(nb::handle h, const char* op, const char* name, std::size_t& nbytes) {
+  const ArrayRO& a = import(h, op, name, Access::kWrite);
+  nbytes = a.nbytes();
+  return const_cast<void*>(static_cast<const void*>(a.data()));
+}
+
+void Imports::scale(nb::handle h, const char* op, const char* name, float& per_tensor, TensorView& per_head) {
+  if (PyFloat_Check(h.ptr()) || PyLong_Check(h.ptr())) {
+    per_tensor = static_cast<float>(float_arg(h, op, name));
+    return;
+  }
+  per_head = view(h, op, name, Access::kRead);
+}
+
+int int_arg(nb::handle h, const char* op, const char* name) { return cast_arg<int>(h, op, name, "an int (32-bit)"); }
+long long int64_arg(nb::handle h, const char* op, const char* name) {
+  return cast_arg<long long>(h, op, name, "an int (64-bit)");
+}
+double float_arg(nb::handle h, const char* op, const char* name) { return cast_arg<double>(h, op, name, "a float"); }
+std::string str_arg(nb::handle h, const char* op, const char* name) {
+  if (!PyUnicode_Check(h.ptr())) fail_type(op, name, "a str", h);
+  return nb::cast<std::string>(h);
+}
+bool bool_arg(nb::handle h, const char* op, const char* name) {
+  const int r = PyObject_IsTrue(h.ptr());
+  if (r < 0) {
+    PyErr_Clear();
+    fail_type(op, name, "a bool", h);
+  }
+  return r == 1;
+}
+void* stream_arg(nb::handle h, const char* op) {
+  return stream_ptr(cast_arg<std::uintptr_t>(h, op, "stream", "an int (a cudaStream_t)"));
 }
 
 void register_errors(nb::module_& m) {

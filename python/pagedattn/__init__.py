@@ -14,6 +14,8 @@ from . import _C
 from ._C import PARTITION_SIZE, BlockManager, PagedAttnError, built_with_cuda, vllm_rule_prefers_v1
 from .ops import (
     copy_blocks,
+    is_supported,
+    merge_attention_states,
     paged_attention,
     paged_attention_v1,
     paged_attention_v2,

@@ -30,6 +30,28 @@ def _torch_bits():
     return _torch_tensor_type
 
 
+# What each array type needs, decided once per type: _PLAIN (passed as is, stream 0 unless given),
+# _TORCH (exported with torch's C exporter, torch's current stream), _CUPY (CuPy's current stream).
+# A type is classified on first sight; torch types cannot be seen before torch is imported, so a
+# cached _PLAIN never goes stale.
+_PLAIN, _TORCH, _CUPY = 0, 1, 2
+_kinds: dict = {type(None): _PLAIN}
+
+
+def _kind(tp) -> int:
+    k = _kinds.get(tp)
+    if k is None:
+        tt = _torch_tensor_type if _torch_tensor_type is not None else _torch_bits()
+        if tt is not None and issubclass(tp, tt):
+            k = _TORCH
+        elif tp.__module__.startswith("cupy"):
+            k = _CUPY
+        else:
+            k = _PLAIN
+        _kinds[tp] = k
+    return k
+
+
 def dl(x):
     """What the native module receives for array `x` (zero-copy either way).
 
@@ -38,26 +60,37 @@ def dl(x):
     capture) and does not refuse tensors that require grad. Every other object (NumPy, CuPy,
     JAX, capsules, ``None``) is passed as is: nanobind calls its ``__dlpack__``.
     """
-    if x is None:
-        return None
-    tt = _torch_tensor_type if _torch_tensor_type is not None else _torch_bits()
-    if tt is not None and isinstance(x, tt):
-        return _torch_to_dlpack(x)
-    return x
+    k = _kinds.get(type(x))  # inlined: this runs for every array of every call
+    if k is None:
+        k = _kind(type(x))
+    return _torch_to_dlpack(x) if k == _TORCH else x
 
 
-def scalar(x) -> float:
-    """k_scale / v_scale as a float: a Python number (fast path, never syncs) or a
-    one-element array/tensor (read with ``.item()``: on a CUDA tensor this is a device->host
-    copy that synchronises the stream and is not allowed under CUDA graph capture)."""
+def scale_arg(x, name: str):
+    """A k_scale / v_scale argument as the native module takes it.
+
+    * a Python number: the per-tensor scale (the fast path; never syncs);
+    * a one-element array/tensor (how vLLM passes the per-tensor scale): read on the host with
+      ``.item()``; for a CUDA tensor that is a device->host copy that synchronises the stream
+      and is not allowed under CUDA graph capture;
+    * any other array: the per-kv-head scales, float32 ``[num_kv_heads]`` on the call's device,
+      handed over as is (read by the kernel: graph-safe). The library checks its dtype, shape
+      and device, and that the cache is fp8.
+    """
     if type(x) is float:
         return x
     if isinstance(x, (int, float)):
         return float(x)
-    item = getattr(x, "item", None)
-    if item is None:
-        raise _C.PagedAttnError(f"expected a float or a one-element array for a scale, got {type(x).__name__}")
-    return float(item())
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        raise TypeError(f"{name} must be a float or an array (one element: per tensor; float32 [num_kv_heads]: "
+                        f"per kv head); got {type(x).__name__}")
+    size = 1
+    for n in shape:
+        size *= int(n)
+    if size == 1:
+        return float(x.item())
+    return dl(x)
 
 
 def default_stream(x) -> int:
@@ -65,8 +98,12 @@ def default_stream(x) -> int:
 
     torch: ``torch.cuda.current_stream(x.device)``; CuPy: ``cupy.cuda.get_current_stream()``;
     anything else on a GPU: 0 (pass ``stream=`` explicitly)."""
-    tt = _torch_tensor_type if _torch_tensor_type is not None else _torch_bits()
-    if tt is not None and isinstance(x, tt):
+    k = _kinds.get(type(x))
+    if k is None:
+        k = _kind(type(x))
+    if k == _PLAIN:
+        return 0
+    if k == _TORCH:
         if not x.is_cuda:
             return 0
         if _torch_raw_stream is not None:
@@ -74,12 +111,9 @@ def default_stream(x) -> int:
         import torch
 
         return torch.cuda.current_stream(x.device).cuda_stream
-    mod = type(x).__module__
-    if mod.startswith("cupy"):
-        import cupy
+    import cupy
 
-        return cupy.cuda.get_current_stream().ptr
-    return 0
+    return cupy.cuda.get_current_stream().ptr
 
 
 def on_host(x) -> bool:
@@ -90,13 +124,12 @@ def on_host(x) -> bool:
 
 def empty_bytes_like(x, nbytes: int):
     """A 1-D uint8 buffer of `nbytes` on `x`'s device, allocated by `x`'s own framework."""
-    tt = _torch_tensor_type if _torch_tensor_type is not None else _torch_bits()
-    if tt is not None and isinstance(x, tt):
+    k = _kind(type(x))
+    if k == _TORCH:
         import torch
 
         return torch.empty(nbytes, dtype=torch.uint8, device=x.device)
-    mod = type(x).__module__
-    if mod.startswith("cupy"):
+    if k == _CUPY:
         import cupy
 
         with cupy.cuda.Device(x.device.id):

@@ -1,19 +1,26 @@
 """Framework-neutral entry points: any DLPack array (NumPy, PyTorch, CuPy, ...), any device.
 
-Argument order is vLLM's (SPEC §5); the extras ``checked`` and ``stream`` are keyword-only.
-Outputs are written in place; nothing is copied. Errors raise :class:`PagedAttnError`.
+The attention functions share one signature, :func:`pagedattn._call.attention_call`: vLLM's
+argument order (SPEC §5), then keyword-only extras (``checked``, ``stream``, the auto path's
+``workspace``, the SPEC §3b variants and the planner hints). They forward their arguments there, so
+each argument is converted in one place; ``inspect.signature`` and ``help`` show that signature.
+Outputs are written in place; nothing is copied. Library errors raise :class:`PagedAttnError`
+naming the parameter; an argument of the wrong Python type raises ``TypeError``.
 """
 
 from __future__ import annotations
 
 from . import _C
-from ._arrays import default_stream, dl, empty_bytes_like, on_host, scalar
+from ._arrays import default_stream, dl, empty_bytes_like, on_host, scale_arg
+from ._call import attention_call
 
 __all__ = [
     "paged_attention_v1",
     "paged_attention_v2",
     "paged_attention",
     "workspace_size",
+    "is_supported",
+    "merge_attention_states",
     "v2_workspace_shapes",
     "reshape_and_cache",
     "copy_blocks",
@@ -21,79 +28,91 @@ __all__ = [
 ]
 
 
-def paged_attention_v1(out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
-                       block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank=0,
-                       blocksparse_local_blocks=0, blocksparse_vert_stride=0, blocksparse_block_size=64,
-                       blocksparse_head_sliding_step=0, *, checked=False, stream=None):
+def _shares_signature(fn):
+    # inspect.signature / help() follow __wrapped__: they show attention_call's parameters.
+    fn.__wrapped__ = attention_call
+    return fn
+
+
+@_shares_signature
+def paged_attention_v1(*args, **kwargs):
     """V1 paged attention: ``out[i, h] = softmax(scale * q . K + alibi) V`` over the paged cache.
 
+    vLLM's contract: one query per sequence and none of the SPEC §3b variants (passing one, or the
+    auto path's ``workspace`` / ``total_tokens`` / ``batch_invariant``, raises PagedAttnError).
     ``k_scale``/``v_scale``: floats (fast path) or one-element arrays (read on the host; a CUDA
     tensor costs a sync). ``stream``: a cudaStream_t as int; default = the current stream of
     ``out``'s framework (torch, CuPy), else 0. ``checked``: also validate seq_lens and block ids.
     """
-    _C.paged_attention_v1(
-        dl(out), dl(query), dl(key_cache), dl(value_cache), num_kv_heads, scale, dl(block_tables), dl(seq_lens),
-        block_size, max_seq_len, dl(alibi_slopes), kv_cache_dtype, scalar(k_scale), scalar(v_scale), tp_rank,
-        blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size, blocksparse_head_sliding_step,
-        checked, default_stream(out) if stream is None else stream)
+    _C.paged_attention_v1(attention_call(*args, **kwargs))
 
 
-def paged_attention_v2(out, exp_sums, max_logits, tmp_out, query, key_cache, value_cache, num_kv_heads, scale,
-                       block_tables, seq_lens, block_size, max_seq_len, alibi_slopes, kv_cache_dtype, k_scale,
-                       v_scale, tp_rank=0, blocksparse_local_blocks=0, blocksparse_vert_stride=0,
-                       blocksparse_block_size=64, blocksparse_head_sliding_step=0, *, checked=False, stream=None):
-    """V2 (512-token partitions + reduce). ``exp_sums``/``max_logits``: float32
+def paged_attention_v2(out, exp_sums, max_logits, tmp_out, *args, **kwargs):
+    """V2 (512-token partitions + reduce): ``paged_attention_v2(out, exp_sums, max_logits, tmp_out,
+    query, ...)``, the rest as :func:`paged_attention_v1`. ``exp_sums``/``max_logits``: float32
     ``[num_seqs, num_heads, P]``, ``tmp_out``: ``[num_seqs, num_heads, P, head_size]`` of the query
     dtype, ``P >= ceil(max_seq_len / 512)`` (see :func:`v2_workspace_shapes`)."""
-    _C.paged_attention_v2(
-        dl(out), dl(exp_sums), dl(max_logits), dl(tmp_out), dl(query), dl(key_cache), dl(value_cache),
-        num_kv_heads, scale, dl(block_tables), dl(seq_lens), block_size, max_seq_len, dl(alibi_slopes),
-        kv_cache_dtype, scalar(k_scale), scalar(v_scale), tp_rank, blocksparse_local_blocks,
-        blocksparse_vert_stride, blocksparse_block_size, blocksparse_head_sliding_step, checked,
-        default_stream(out) if stream is None else stream)
+    _C.paged_attention_v2(attention_call(out, *args, **kwargs), dl(exp_sums), dl(max_logits), dl(tmp_out))
 
 
-def workspace_size(out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens, block_size,
-                   max_seq_len, alibi_slopes, kv_cache_dtype, k_scale=1.0, v_scale=1.0, tp_rank=0,
-                   blocksparse_local_blocks=0, blocksparse_vert_stride=0, blocksparse_block_size=64,
-                   blocksparse_head_sliding_step=0) -> int:
-    """Bytes of workspace :func:`paged_attention` needs for these shapes (0 on the CPU).
+@_shares_signature
+def workspace_size(*args, **kwargs) -> int:
+    """Bytes of workspace :func:`paged_attention` needs for this call (0 on the CPU).
 
     Depends on shapes, ``max_seq_len`` and the device only, never on the data: allocate once per
     shape and reuse, e.g. across CUDA graph replays."""
-    return _C.paged_attention_workspace_size(
-        dl(out), dl(query), dl(key_cache), dl(value_cache), num_kv_heads, scale, dl(block_tables), dl(seq_lens),
-        block_size, max_seq_len, dl(alibi_slopes), kv_cache_dtype, scalar(k_scale), scalar(v_scale), tp_rank,
-        blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size, blocksparse_head_sliding_step,
-        False, 0)
+    return _C.paged_attention_workspace_size(attention_call(*args, **kwargs))
 
 
-def paged_attention(out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens, block_size,
-                    max_seq_len, alibi_slopes, kv_cache_dtype, k_scale, v_scale, tp_rank=0,
-                    blocksparse_local_blocks=0, blocksparse_vert_stride=0, blocksparse_block_size=64,
-                    blocksparse_head_sliding_step=0, *, workspace=None, checked=False, stream=None,
-                    total_tokens=0, batch_invariant=False):
-    """Auto: the library picks V1, V2 or its split path for the shape.
+@_shares_signature
+def paged_attention(*args, **kwargs):
+    """Auto: the library picks V1, V2 or its split path for the shape, and takes the variants.
 
     ``workspace``: a 1-D byte buffer on ``out``'s device of at least :func:`workspace_size` bytes,
     256-byte aligned. When omitted it is allocated per call with ``out``'s framework (torch, CuPy,
     NumPy); pass one under CUDA graph capture or in a hot loop. ``total_tokens``: optional sum of
     ``seq_lens`` known on the host; lets the split planner balance a mixed-length batch (0 =
     unknown; never changes the result or the workspace size). ``batch_invariant``: fixed
-    512-token splits, so a sequence's output bits do not depend on its batch-mates."""
-    args = (dl(out), dl(query), dl(key_cache), dl(value_cache), num_kv_heads, scale, dl(block_tables),
-            dl(seq_lens), block_size, max_seq_len, dl(alibi_slopes), kv_cache_dtype, scalar(k_scale),
-            scalar(v_scale), tp_rank, blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
-            blocksparse_head_sliding_step, checked, default_stream(out) if stream is None else stream)
-    if workspace is None and not on_host(out):  # the CPU backend needs no workspace
-        # Views from dl() are single-use DLPack capsules for torch: size from fresh ones.
-        need = workspace_size(out, query, key_cache, value_cache, num_kv_heads, scale, block_tables, seq_lens,
-                              block_size, max_seq_len, alibi_slopes, kv_cache_dtype, 1.0, 1.0, tp_rank,
-                              blocksparse_local_blocks, blocksparse_vert_stride, blocksparse_block_size,
-                              blocksparse_head_sliding_step)
-        if need > 0:
-            workspace = empty_bytes_like(out, need)
-    _C.paged_attention(*args, dl(workspace), int(total_tokens), bool(batch_invariant))
+    512-token splits, so a sequence's output bits do not depend on its batch-mates.
+
+    Variants (SPEC §3b): ``query_start_loc`` (int32 ``[num_seqs + 1]``, several query rows per
+    sequence, causal) with the optional host hint ``max_query_len``; ``window_left`` (sliding
+    window, -1 = off); ``logits_soft_cap`` (0 = off); ``lse`` (float32 ``[num_query_rows,
+    num_heads]`` output); ``k_scale``/``v_scale`` as float32 ``[num_kv_heads]`` arrays (fp8 caches).
+    """
+    if kwargs.get("workspace") is None:
+        out = args[0] if args else kwargs.get("out")
+        if out is not None and not on_host(out):  # the CPU backend needs no workspace
+            # A call tuple is single-use (torch capsules are consumed): size from a fresh one.
+            need = _C.paged_attention_workspace_size(attention_call(*args, **kwargs))
+            if need > 0:
+                kwargs["workspace"] = empty_bytes_like(out, need)
+    _C.paged_attention(attention_call(*args, **kwargs))
+
+
+@_shares_signature
+def is_supported(*args, **kwargs):
+    """``(ok, reason)``: whether :func:`paged_attention` accepts exactly these arguments.
+
+    Runs every check the call makes before computing (shapes, dtypes, devices, the dispatch matrix
+    and what this build holds; a given ``workspace`` must be large enough), not the data checks of
+    ``checked=True``. Never raises: ``reason`` is empty when ok, else the message the call would
+    raise (a wrong argument type or count included)."""
+    try:
+        return _C.is_supported(attention_call(*args, **kwargs))
+    except Exception as e:  # noqa: BLE001 - the contract is to report, never to raise
+        return False, f"paged_attention: {e}"
+
+
+def merge_attention_states(out_a, lse_a, out_b, lse_b, out, lse=None, *, stream=None):
+    """Merges two partial attentions over disjoint key sets by their log-sum-exp (SPEC §3b).
+
+    ``out_*``: ``[rows, num_heads, head_size]`` (float32/float16/bfloat16), ``lse_*``: float32
+    ``[rows, num_heads]`` as :func:`paged_attention` writes them. Writes ``out`` (may be ``out_a``
+    or ``out_b`` itself) and, when given, ``lse`` (may be ``lse_a`` or ``lse_b``). A ``-inf`` state
+    contributes nothing; two give zeros and ``-inf``."""
+    _C.merge_attention_states(dl(out_a), dl(lse_a), dl(out_b), dl(lse_b), dl(out), dl(lse),
+                              default_stream(out) if stream is None else stream)
 
 
 def v2_workspace_shapes(num_seqs, num_heads, head_size, max_seq_len):
@@ -102,12 +121,14 @@ def v2_workspace_shapes(num_seqs, num_heads, head_size, max_seq_len):
     return (num_seqs, num_heads, p), (num_seqs, num_heads, p), (num_seqs, num_heads, p, head_size)
 
 
-def reshape_and_cache(key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype, k_scale, v_scale, *,
-                      checked=False, stream=None):
+def reshape_and_cache(key, value, key_cache, value_cache, slot_mapping, kv_cache_dtype="auto", k_scale=1.0,
+                      v_scale=1.0, *, checked=False, stream=None):
     """Stores ``key``/``value`` ``[num_tokens, num_kv_heads, head_size]`` into the paged caches at
-    ``slot_mapping`` (int64, ``block_id * block_size + offset``; negative = padding, skipped)."""
+    ``slot_mapping`` (int64, ``block_id * block_size + offset``; negative = padding, skipped).
+    ``k_scale``/``v_scale``: as for attention, a float (per tensor) or a float32 ``[num_kv_heads]``
+    array (per kv head); an fp8 cache stores ``encode(x / scale)``."""
     _C.reshape_and_cache(dl(key), dl(value), dl(key_cache), dl(value_cache), dl(slot_mapping), kv_cache_dtype,
-                         scalar(k_scale), scalar(v_scale), checked,
+                         scale_arg(k_scale, "k_scale"), scale_arg(v_scale, "v_scale"), checked,
                          default_stream(key_cache) if stream is None else stream)
 
 

@@ -1,7 +1,9 @@
-"""Float64 NumPy reference of SPEC §3 for the Python tests, plus case builders.
+"""Float64 NumPy reference of SPEC §3 and §3b for the Python tests, plus case builders.
 
 Written from the spec, independent of the library: gathers each sequence's keys/values from
-the vLLM cache layout and runs a plain stable softmax in float64.
+the vLLM cache layout and, per query row and head, applies the logit rule (scale, soft-cap,
+ALiBi), the masks (causal position, sliding window, block-sparse) and a plain stable softmax in
+float64; the log-sum-exp and the merge of two states follow SPEC §3b literally.
 """
 
 from __future__ import annotations
@@ -38,28 +40,105 @@ def gather_kv(key_cache, value_cache, block_table, seq_len, kv_head, block_size)
     return k, v
 
 
+def sparse_block_attended(p, t, h, g, block_size, num_heads, num_kv_heads, tp_rank, local_blocks, vert_stride,
+                          sparse_block_size, head_sliding_step):
+    """SPEC §3 block-sparse rule for the cache block holding token t, seen from a query row at
+    position p (SPEC §3b: the query block comes from p), query head h of kv head g."""
+    B = sparse_block_size
+    qb = p // B
+    kb = (t // block_size) * block_size // B  # sparse block of the cache block's first token
+    if kb > qb - local_blocks:
+        return True
+    step = head_sliding_step
+    off = (tp_rank * num_heads + h) * step + 1 if step >= 0 else (tp_rank * num_kv_heads + g) * (-step) + 1
+    return (kb + off) % vert_stride == 0
+
+
+def per_head(scale, ndim):
+    """A per-tensor scale as is; a per-kv-head array shaped to broadcast over dimension 1 of a
+    cache of `ndim` dimensions."""
+    a = np.asarray(scale, dtype=np.float64)
+    if a.ndim == 0 or a.size == 1:
+        return float(a.reshape(-1)[0])
+    return a.reshape((1, -1) + (1,) * (ndim - 2))
+
+
 def attention(query, key_cache, value_cache, block_tables, seq_lens, scale, block_size, alibi_slopes=None,
-              decode=None, k_scale=1.0, v_scale=1.0):
-    """out[i, h] in float64. `decode` maps a uint8 cache to values (fp8); None = cache as is."""
+              decode=None, k_scale=1.0, v_scale=1.0, *, query_start_loc=None, window_left=-1, logits_soft_cap=0.0,
+              blocksparse=None, tp_rank=0, with_lse=False):
+    """SPEC §3 and §3b in float64: (out, lse) with `with_lse`, else out.
+
+    `decode` maps a uint8 cache to values (fp8); None = cache as is. `k_scale`/`v_scale`: a number
+    or a per-kv-head array. Rows: one per sequence at p = L - 1, or, with `query_start_loc`,
+    q_len_i rows for sequence i at p = L - q_len_i + j. Per row and head: s = scale * q.k, then
+    soft-cap, + alibi[h] * (t - p); attended t: t <= p, t >= p - window_left (window_left >= 0),
+    and the block-sparse rule (`blocksparse` = (local_blocks, vert_stride, block_size,
+    head_sliding_step), on when vert_stride > 1). A row that attends nothing gives zeros and
+    lse -inf. NaNs propagate as plain arithmetic propagates them.
+    """
     q = np.asarray(query, dtype=np.float64)
-    num_seqs, num_heads, head_size = q.shape
-    kc = decode[key_cache] * k_scale if decode is not None else np.asarray(key_cache, dtype=np.float64)
-    vc = decode[value_cache] * v_scale if decode is not None else np.asarray(value_cache, dtype=np.float64)
+    rows, num_heads, head_size = q.shape
+    if decode is not None:
+        kc = decode[key_cache] * per_head(k_scale, key_cache.ndim)
+        vc = decode[value_cache] * per_head(v_scale, value_cache.ndim)
+    else:
+        kc = np.asarray(key_cache, dtype=np.float64)
+        vc = np.asarray(value_cache, dtype=np.float64)
     num_kv_heads = kc.shape[1]
     group = num_heads // num_kv_heads
-    out = np.zeros((num_seqs, num_heads, head_size))
+    num_seqs = len(seq_lens)
+    qsl = np.arange(num_seqs + 1) if query_start_loc is None else np.asarray(query_start_loc, dtype=np.int64)
+    sparse = blocksparse is not None and blocksparse[1] > 1
+    out = np.zeros((rows, num_heads, head_size))
+    lse = np.full((rows, num_heads), -np.inf)
     for i in range(num_seqs):
         L = int(seq_lens[i])
+        first, q_len = int(qsl[i]), int(qsl[i + 1] - qsl[i])
         if L == 0:
             continue
         for h in range(num_heads):
-            k, v = gather_kv(kc, vc, block_tables[i], L, h // group, block_size)
-            s = scale * (k @ q[i, h])
-            if alibi_slopes is not None:
-                s = s + float(alibi_slopes[h]) * (np.arange(L) - L + 1)
-            w = np.exp(s - s.max())
-            out[i, h] = (w @ v) / w.sum()
-    return out
+            g = h // group
+            k, v = gather_kv(kc, vc, block_tables[i], L, g, block_size)
+            for j in range(q_len):
+                r, p = first + j, L - q_len + j
+                t = np.arange(L)
+                keep = t <= p
+                if window_left >= 0:
+                    keep &= t >= p - window_left
+                if sparse:
+                    keep &= np.array([sparse_block_attended(p, int(tt), h, g, block_size, num_heads, num_kv_heads,
+                                                            tp_rank, *blocksparse) for tt in t])
+                if not keep.any():
+                    continue
+                t = t[keep]
+                s = scale * (k[keep] @ q[r, h])
+                if logits_soft_cap > 0:
+                    s = logits_soft_cap * np.tanh(s / logits_soft_cap)
+                if alibi_slopes is not None:
+                    s = s + float(alibi_slopes[h]) * (t - p)
+                m = s.max()
+                w = np.exp(s - m)
+                out[r, h] = (w @ v[keep]) / w.sum()
+                lse[r, h] = m + np.log(w.sum())
+    return (out, lse) if with_lse else out
+
+
+def merge(out_a, lse_a, out_b, lse_b):
+    """SPEC §3b merge of two states in float64: (out, lse). A -inf state contributes nothing
+    (whatever its out holds); two -inf give zeros and -inf."""
+    oa, ob = np.asarray(out_a, np.float64), np.asarray(out_b, np.float64)
+    la, lb = np.asarray(lse_a, np.float64), np.asarray(lse_b, np.float64)
+    M = np.maximum(la, lb)
+    empty = M == -np.inf
+    Ms = np.where(empty, 0.0, M)
+    wa = np.where(la == -np.inf, 0.0, np.exp(la - Ms))
+    wb = np.where(lb == -np.inf, 0.0, np.exp(lb - Ms))
+    tot = np.where(empty, 1.0, wa + wb)
+    ta = np.where((wa == 0)[..., None], 0.0, wa[..., None] * oa)
+    tb = np.where((wb == 0)[..., None], 0.0, wb[..., None] * ob)
+    out = (ta + tb) / tot[..., None]
+    lse = np.where(empty, -np.inf, Ms + np.log(tot))
+    return out, lse
 
 
 class Case:
@@ -67,7 +146,7 @@ class Case:
     so a result that touches memory past a sequence's end shows it."""
 
     def __init__(self, rng, seq_lens, num_heads=4, num_kv_heads=2, head_size=64, block_size=16,
-                 dtype=np.float32, alibi=False, cache_bytes=False, extra_blocks=3):
+                 dtype=np.float32, alibi=False, cache_bytes=False, extra_blocks=3, q_lens=None):
         self.seq_lens = np.asarray(seq_lens, dtype=np.int32)
         self.num_seqs = len(seq_lens)
         self.num_heads, self.num_kv_heads, self.head_size = num_heads, num_kv_heads, head_size
@@ -103,23 +182,39 @@ class Case:
                     kk = self.key_cache[blk]
                     kk[:, :, :valid, :] = k.reshape(nkv, hs // x, x, valid).transpose(0, 1, 3, 2)
                     self.value_cache[blk, :, :, :valid] = rng.standard_normal((nkv, hs, valid))
-        self.query = rng.standard_normal((self.num_seqs, num_heads, head_size)).astype(dtype)
+        # Query rows: one per sequence, or q_lens[i] for sequence i (SPEC §3b, query_start_loc).
+        if q_lens is None:
+            self.query_start_loc = None
+            self.rows = self.num_seqs
+        else:
+            assert len(q_lens) == self.num_seqs and all(0 <= q <= L for q, L in zip(q_lens, self.seq_lens))
+            self.query_start_loc = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+            self.rows = int(self.query_start_loc[-1])
+            self.max_query_len = int(max(q_lens)) if len(q_lens) else 0
+        self.query = rng.standard_normal((self.rows, num_heads, head_size)).astype(dtype)
         self.alibi = rng.uniform(-0.5, 0.0, size=num_heads).astype(np.float32) if alibi else None
         self.scale = 1.0 / math.sqrt(head_size)
         self.dtype = dtype
 
     def out(self):
-        return np.full((self.num_seqs, self.num_heads, self.head_size), np.nan, dtype=self.dtype)
+        return np.full((self.rows, self.num_heads, self.head_size), np.nan, dtype=self.dtype)
+
+    def lse(self):
+        """An lse output buffer, NaN-filled so an unwritten entry shows."""
+        return np.full((self.rows, self.num_heads), np.nan, dtype=np.float32)
 
     def args(self, kv_cache_dtype="auto", k_scale=1.0, v_scale=1.0):
         """Arguments after `out` (or after V2's workspaces), in SPEC §5 order."""
         return (self.query, self.key_cache, self.value_cache, self.num_kv_heads, self.scale, self.block_tables,
                 self.seq_lens, self.block_size, self.max_seq_len, self.alibi, kv_cache_dtype, k_scale, v_scale)
 
-    def reference(self, decode=None, k_scale=1.0, v_scale=1.0, query=None):
+    def reference(self, decode=None, k_scale=1.0, v_scale=1.0, query=None, **variants):
+        """float64 reference; `variants` are attention()'s keywords (query_start_loc defaults to
+        the case's own)."""
+        variants.setdefault("query_start_loc", self.query_start_loc)
         return attention(self.query if query is None else query, self.key_cache, self.value_cache,
                          self.block_tables, self.seq_lens, self.scale, self.block_size, self.alibi, decode, k_scale,
-                         v_scale)
+                         v_scale, **variants)
 
 
 def tolerance(dtype):

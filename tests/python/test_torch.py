@@ -6,6 +6,7 @@ The CUDA reference is pure PyTorch in float64, written here from SPEC §3.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -15,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 import pagedattn  # noqa: E402
 import pagedattn.torch_ops  # noqa: E402,F401
-from _reference import Case, tolerance  # noqa: E402
+from _reference import Case, attention, fp8_decode_tables, merge, tolerance  # noqa: E402
 
 ops = torch.ops.pagedattn
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -178,6 +179,179 @@ def test_cpu_cache_ops_through_torch_ops():
     torch.testing.assert_close(dst[0], vc[3])
 
 
+# ------------------------------------------------------------------------------- the auto op and merge
+
+
+def np64(t):
+    """A tensor's values as float64 NumPy (bf16 has no NumPy dtype)."""
+    return t.detach().to("cpu", torch.float64).numpy() if t.is_floating_point() else t.detach().cpu().numpy()
+
+
+def variant_case(device, dtype_name="float32", seed=3, seq_lens=(37, 1, 130, 64), q_lens=(3, 1, 7, 4), **kw):
+    """torch_case plus the variants' tensors: query_start_loc, an lse buffer, and the NumPy
+    float64 reference of the case (from the tensors' own values, so bf16 rounding is included)."""
+    d, c = torch_case(list(seq_lens), dtype_name, device, seed=seed, q_lens=list(q_lens), **kw)
+    d["query_start_loc"] = torch.from_numpy(c.query_start_loc).to(device)
+    d["max_query_len"] = c.max_query_len
+
+    def reference(**variants):
+        return attention(np64(d["query"]), np64(d["key_cache"]), np64(d["value_cache"]), c.block_tables,
+                         c.seq_lens, c.scale, c.block_size, None if d["alibi_slopes"] is None else c.alibi,
+                         query_start_loc=c.query_start_loc, with_lse=True, **variants)
+
+    return d, c, reference
+
+
+def new_outputs(d, c):
+    out = torch.full((c.rows, c.num_heads, c.head_size), float("nan"), dtype=d["query"].dtype,
+                     device=d["query"].device)
+    lse = torch.full((c.rows, c.num_heads), float("nan"), dtype=torch.float32, device=d["query"].device)
+    return out, lse
+
+
+def check_variant(out, lse, ref, dtype_name):
+    check_close(out, torch.from_numpy(ref[0]).to(out.device), dtype_name)
+    torch.testing.assert_close(lse.double(), torch.from_numpy(ref[1]).to(lse.device), atol=1e-4, rtol=1e-5)
+
+
+def test_auto_schema_names_match_the_python_signature():
+    # The op's argument names are attention_call's (so the dispatcher's keyword arguments reach
+    # pagedattn.paged_attention), minus the Python-only `checked` and `stream`; the variants and
+    # hints are keyword-only, workspace and lse declared written.
+    from pagedattn._call import attention_call
+
+    py = [n for n in inspect.signature(attention_call).parameters if n not in ("checked", "stream")]
+    for overload in ("default", "float_scale"):
+        schema = getattr(ops.paged_attention, overload)._schema
+        assert [a.name for a in schema.arguments] == py
+        kw_only = {a.name for a in schema.arguments if a.kwarg_only}
+        assert kw_only == {"workspace", "query_start_loc", "max_query_len", "window_left", "logits_soft_cap", "lse",
+                           "total_tokens", "batch_invariant"}
+        written = {a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write}
+        assert written == {"out", "workspace", "lse"}
+    merge_schema = ops.merge_attention_states.default._schema
+    assert [a.name for a in merge_schema.arguments] == ["out_a", "lse_a", "out_b", "lse_b", "out", "lse"]
+    assert {a.name for a in merge_schema.arguments if a.alias_info is not None and a.alias_info.is_write} == {
+        "out", "lse"}
+
+
+@pytest.mark.parametrize("overload", ["default", "float_scale"])
+def test_cpu_auto_op_with_variants_equals_the_framework_neutral_call(overload):
+    # The op is pagedattn.paged_attention behind the dispatcher: the same bits as the NumPy call.
+    d, c, _ = variant_case("cpu", alibi=True)
+    scales = (torch.ones(1), torch.ones(1)) if overload == "default" else (1.0, 1.0)
+    kw = dict(query_start_loc=d["query_start_loc"], max_query_len=d["max_query_len"], logits_soft_cap=5.0,
+              window_left=20)
+    out, lse = new_outputs(d, c)
+    getattr(ops.paged_attention, overload)(out, *args_of(d, *scales), lse=lse, **kw)
+    np_out, np_lse = c.out(), c.lse()
+    pagedattn.paged_attention(np_out, *c.args(), query_start_loc=c.query_start_loc, max_query_len=c.max_query_len,
+                              logits_soft_cap=5.0, window_left=20, lse=np_lse)
+    np.testing.assert_array_equal(out.numpy(), np_out)
+    np.testing.assert_array_equal(lse.numpy(), np_lse)
+
+
+@pytest.mark.parametrize("variant", [{}, {"logits_soft_cap": 3.0}, {"window_left": 9}])
+def test_cpu_auto_op_against_the_reference(variant):
+    d, c, reference = variant_case("cpu", alibi=True)
+    out, lse = new_outputs(d, c)
+    ops.paged_attention(out, *args_of(d), query_start_loc=d["query_start_loc"], lse=lse, **variant)
+    check_variant(out, lse, reference(**variant), "float32")
+
+
+def fp8_case(device, seed=4):
+    """An fp8 (E4M3) cache case with per-kv-head scale tensors, and its float64 reference."""
+    c = Case(np.random.default_rng(seed), [20, 45, 130], num_heads=8, num_kv_heads=4, cache_bytes=True)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
+    k_scales = torch.tensor([0.05, 0.5, 0.01, 0.2], device=device)
+    v_scales = torch.tensor([0.15, 0.025, 0.075, 0.01], device=device)
+    args = (t(c.query), t(c.key_cache), t(c.value_cache), c.num_kv_heads, c.scale, t(c.block_tables), t(c.seq_lens),
+            c.block_size, c.max_seq_len, None, "fp8_e4m3", k_scales, v_scales)
+    ref = c.reference(fp8_decode_tables()[0], k_scales.cpu().numpy(), v_scales.cpu().numpy(), with_lse=True)
+    return c, args, ref
+
+
+def test_cpu_per_head_scale_tensors():
+    c, args, ref = fp8_case("cpu")
+    out = torch.empty(c.rows, c.num_heads, c.head_size)
+    lse = torch.empty(c.rows, c.num_heads)
+    ops.paged_attention(out, *args, lse=lse)  # [num_kv_heads] tensors: the .default overload, per kv head
+    torch.testing.assert_close(out.double(), torch.from_numpy(ref[0]), atol=5e-4, rtol=1e-4)
+    torch.testing.assert_close(lse.double(), torch.from_numpy(ref[1]), atol=1e-4, rtol=1e-5)
+
+
+def merge_inputs(device, dtype=torch.float32, rows=5, heads=4, hs=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out_a, out_b = (torch.randn(rows, heads, hs, generator=g).to(device, dtype) for _ in range(2))
+    lse_a, lse_b = (torch.randn(rows, heads, generator=g).mul(3).to(device) for _ in range(2))
+    lse_a[0, 0] = float("-inf")
+    lse_a[1, 1] = lse_b[1, 1] = float("-inf")
+    return out_a, lse_a, out_b, lse_b
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
+def test_cpu_merge_op(dtype_name):
+    out_a, lse_a, out_b, lse_b = merge_inputs("cpu", TORCH_DTYPES[dtype_name])
+    out, lse = torch.empty_like(out_a), torch.empty_like(lse_a)
+    ops.merge_attention_states(out_a, lse_a, out_b, lse_b, out, lse)
+    ref_out, ref_lse = merge(np64(out_a), np64(lse_a), np64(out_b), np64(lse_b))
+    check_close(out, torch.from_numpy(ref_out), dtype_name)
+    torch.testing.assert_close(lse.double(), torch.from_numpy(ref_lse), atol=1e-4, rtol=1e-5)
+
+
+def _auto_opcheck(device, overload):
+    d, c, _ = variant_case(device, "float16")
+    out, lse = new_outputs(d, c)
+    out.zero_()
+    lse.zero_()
+    dev = d["query"].device
+    scales = (torch.ones(1, device=dev), torch.ones(1, device=dev)) if overload == "default" else (1.0, 1.0)
+    kwargs = dict(query_start_loc=d["query_start_loc"], max_query_len=d["max_query_len"], window_left=30,
+                  logits_soft_cap=20.0, lse=lse)
+    torch.library.opcheck(getattr(ops.paged_attention, overload), (out, *args_of(d, *scales)), kwargs)
+    torch.library.opcheck(ops.merge_attention_states.default, (*merge_inputs(dev), torch.empty(5, 4, 64, device=dev),
+                                                               torch.empty(5, 4, device=dev)))
+
+
+@pytest.mark.parametrize("overload", ["default", "float_scale"])
+def test_cpu_opcheck_auto_and_merge(overload):
+    _auto_opcheck("cpu", overload)
+
+
+def _compiled_equals_eager(device, backend):
+    d, c, _ = variant_case(device)
+    qsl = d["query_start_loc"]
+
+    def step(out, lse, q, qsl):
+        # the op between traced tensor code, with keyword variants and a second output (lse)
+        ops.paged_attention(out, q * 1.0, *args_of(d)[1:], query_start_loc=qsl, max_query_len=d["max_query_len"],
+                            logits_soft_cap=8.0, lse=lse)
+        return out * 2.0, lse + 0.0
+
+    compiled = torch.compile(step, backend=backend, fullgraph=True)
+    out_c, lse_c = new_outputs(d, c)
+    got = compiled(out_c, lse_c, d["query"], qsl)
+    out_e, lse_e = new_outputs(d, c)
+    want = step(out_e, lse_e, d["query"], qsl)
+    torch.testing.assert_close(got[0], want[0], atol=0, rtol=0)
+    torch.testing.assert_close(got[1], want[1], atol=0, rtol=0)
+
+    def merged(a, la, b, lb, out, lse):
+        ops.merge_attention_states(a * 1.0, la, b, lb, out, lse)
+        return out + 0.0, lse + 0.0
+
+    inputs = merge_inputs(device)
+    got = torch.compile(merged, backend=backend, fullgraph=True)(*inputs, torch.empty_like(inputs[0]),
+                                                                 torch.empty_like(inputs[1]))
+    want = merged(*inputs, torch.empty_like(inputs[0]), torch.empty_like(inputs[1]))
+    torch.testing.assert_close(got[0], want[0], atol=0, rtol=0)
+    torch.testing.assert_close(got[1], want[1], atol=0, rtol=0)
+
+
+def test_cpu_torch_compile_holds_the_auto_op_and_merge():
+    _compiled_equals_eager("cpu", "aot_eager")
+
+
 # ------------------------------------------------------------------------------- CUDA
 
 
@@ -262,3 +436,113 @@ def test_cuda_graph_capture_replay_equals_eager(version):
     torch.cuda.synchronize()
     torch.testing.assert_close(graph_out, eager, atol=0, rtol=0)
     check_close(eager, ref_of(d), "bfloat16")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("variant", [{}, {"window_left": 9}, {"logits_soft_cap": 3.0},
+                                     {"window_left": 50, "logits_soft_cap": 10.0}])
+def test_cuda_auto_op_variants_against_the_reference(dtype_name, variant):
+    d, c, reference = variant_case("cuda", dtype_name, seq_lens=(37, 1, 700, 1500, 0), q_lens=(3, 1, 7, 4, 0),
+                                   alibi=(dtype_name == "float16"))
+    out, lse = new_outputs(d, c)
+    ops.paged_attention(out, *args_of(d), query_start_loc=d["query_start_loc"], max_query_len=d["max_query_len"],
+                        lse=lse, **variant)
+    check_variant(out, lse, reference(**variant), dtype_name)
+
+
+@needs_cuda
+def test_cuda_per_head_scale_tensors():
+    c, args, ref = fp8_case("cuda")
+    out = torch.empty(c.rows, c.num_heads, c.head_size, device="cuda")
+    lse = torch.empty(c.rows, c.num_heads, device="cuda")
+    ops.paged_attention(out, *args, lse=lse)
+    torch.testing.assert_close(out.double().cpu(), torch.from_numpy(ref[0]), atol=5e-4, rtol=1e-4)
+    torch.testing.assert_close(lse.double().cpu(), torch.from_numpy(ref[1]), atol=1e-4, rtol=1e-5)
+
+
+@needs_cuda
+def test_cuda_merge_op():
+    out_a, lse_a, out_b, lse_b = merge_inputs("cuda", torch.float16)
+    out, lse = torch.empty_like(out_a), torch.empty_like(lse_a)
+    ops.merge_attention_states(out_a, lse_a, out_b, lse_b, out, lse)
+    ref_out, ref_lse = merge(np64(out_a), np64(lse_a), np64(out_b), np64(lse_b))
+    check_close(out.cpu(), torch.from_numpy(ref_out), "float16")
+    torch.testing.assert_close(lse.double().cpu(), torch.from_numpy(ref_lse), atol=1e-4, rtol=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("overload", ["default", "float_scale"])
+def test_cuda_opcheck_auto_and_merge(overload):
+    _auto_opcheck("cuda", overload)
+
+
+@needs_cuda
+def test_cuda_torch_compile_holds_the_auto_op_and_merge():
+    _compiled_equals_eager("cuda", "inductor")
+
+
+@needs_cuda
+def test_cuda_batch_invariant_output_does_not_depend_on_batch_mates():
+    # batch_invariant=True: a sequence's bits are the same alone and in any batch (the default
+    # planner may split it differently when batch-mates change the work per SM).
+    d, c = torch_case([3000, 40, 9000, 700, 5], "bfloat16", "cuda", seed=7)
+    full = torch.empty(c.num_seqs, c.num_heads, c.head_size, dtype=torch.bfloat16, device="cuda")
+    ops.paged_attention(full, *args_of(d), batch_invariant=True)
+    for i in range(c.num_seqs):
+        one = torch.empty(1, c.num_heads, c.head_size, dtype=torch.bfloat16, device="cuda")
+        a = list(args_of(d))
+        a[0], a[5], a[6] = d["query"][i:i + 1], d["block_tables"][i:i + 1], d["seq_lens"][i:i + 1]
+        ops.paged_attention(one, *a, batch_invariant=True)
+        torch.testing.assert_close(one[0], full[i], atol=0, rtol=0)
+    check_close(full, ref_of(d), "bfloat16")
+
+
+@needs_cuda
+def test_cuda_graph_capture_of_the_auto_op_with_variants():
+    # Per-head scale tensors, query_start_loc and lse are read/written on the device and the
+    # workspace is given: the captured call replays on new data exactly as an eager call.
+    c, args, _ = fp8_case("cuda", seed=9)
+    args = list(args)
+    qsl = torch.arange(c.num_seqs + 1, dtype=torch.int32, device="cuda")
+    kw = dict(query_start_loc=qsl, max_query_len=1, window_left=64, logits_soft_cap=15.0)
+    ws = torch.empty(pagedattn.workspace_size(torch.empty(c.rows, c.num_heads, c.head_size, device="cuda"), *args,
+                                              **kw), dtype=torch.uint8, device="cuda")
+    graph_out = torch.zeros(c.rows, c.num_heads, c.head_size, device="cuda")
+    graph_lse = torch.zeros(c.rows, c.num_heads, device="cuda")
+
+    def call(out, lse):
+        ops.paged_attention(out, *args, workspace=ws, lse=lse, **kw)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        call(graph_out, graph_lse)  # warm-up outside capture
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        call(graph_out, graph_lse)
+    args[0].copy_(torch.randn_like(args[0]))  # new queries
+    args[11].mul_(2.0)  # new per-head key scales, read by the kernel at replay
+    g.replay()
+    torch.cuda.synchronize()
+    eager_out, eager_lse = torch.empty_like(graph_out), torch.empty_like(graph_lse)
+    call(eager_out, eager_lse)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(graph_out, eager_out, atol=0, rtol=0)
+    torch.testing.assert_close(graph_lse, eager_lse, atol=0, rtol=0)
+
+
+@needs_cuda
+def test_cuda_is_supported_checks_the_workspace_and_never_raises():
+    d, c = torch_case([9000, 40], "float16", "cuda", seed=2)
+    out = torch.empty(2, c.num_heads, c.head_size, dtype=torch.float16, device="cuda")
+    need = pagedattn.workspace_size(out, *args_of(d))
+    assert need > 0  # a long sequence next to a short one: the auto path splits it
+    assert pagedattn.is_supported(out, *args_of(d)) == (True, "")
+    ws = torch.empty(need, dtype=torch.uint8, device="cuda")
+    assert pagedattn.is_supported(out, *args_of(d), workspace=ws) == (True, "")
+    ok, why = pagedattn.is_supported(out, *args_of(d), workspace=ws[:need - 1])
+    assert not ok and f"workspace has {need - 1} bytes" in why
+    ok, why = pagedattn.is_supported(out, d["query"].cpu(), *args_of(d)[1:])  # mixed devices
+    assert not ok and "query" in why
