@@ -12,7 +12,8 @@
 # Extra header-only dependencies (CLI11, nlohmann-json) are taken from .devdeps/usr when
 # present (the device machine has no package registry). Extra CMake arguments: the
 # environment variable PAGEDATTN_CMAKE_ARGS; extra benchmark arguments (e.g. --no-check):
-# PAGEDATTN_BENCH_ARGS.
+# PAGEDATTN_BENCH_ARGS; compute-sanitizer tools run (default "memcheck racecheck"):
+# PAGEDATTN_SANITIZER_TOOLS.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_verify.sh OUT_DIR [--bench SWEEP] [--skip-tests] [--skip-sanitizer]}
 shift
@@ -61,7 +62,7 @@ fi
 
 if [ $skip_san -eq 0 ]; then
   san_filter='All/DispatchMatrix.MatchesReference/f16_auto_bs16_d128_*:All/DispatchMatrix.MatchesReference/bf16_e4m3_bs8_d120_*:All/DispatchMatrix.MatchesReference/f32_e5m2_bs32_d80_*:All/DispatchMatrix.MatchesReference/f16_e5m2_bs8_d256_sparse:Gqa/Groups.*/6:Edges/Lengths.*/6:CudaCheckedMode.*:CudaCacheOps.*:All/CudaReshapeAndCache.*:CudaAttention.AllEmptySequences:CudaAttention.MixedLengthsBatch:All/Variants.MatchReference/bf16_e4m3_all:All/Variants.MatchReference/f16_auto_multitoken:All/Variants.MatchReference/f32_e5m2_window:All/Variants.MatchReference/f16_e4m3_headscales:CudaVariants.*'
-  for tool in memcheck racecheck; do
+  for tool in ${PAGEDATTN_SANITIZER_TOOLS:-memcheck racecheck}; do
     f=$san_filter
     [ $tool = racecheck ] && f='All/DispatchMatrix.MatchesReference/f16_auto_bs16_d128_*:All/DispatchMatrix.MatchesReference/bf16_e4m3_bs8_d120_sparse:Gqa/Groups.*/3:CudaAttention.MixedLengthsBatch:All/Variants.MatchReference/bf16_e4m3_all:CudaVariants.Merge*'
     compute-sanitizer --tool $tool --error-exitcode 99 "$build/tests/cuda/pagedattn_cuda_tests" --gtest_filter="$f" > "$out/sanitizer_$tool.log" 2>&1; r=$?
