@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/test_util.h"
+#include "core/validate.h"
 #include "core/check.h"
 #include "pagedattn/attention.h"
 #include "reference/reference.h"
@@ -156,7 +157,7 @@ void run_all(const HostProblem& pb) {
 
 constexpr DType kDTypes[] = {DType::kFloat32, DType::kFloat16, DType::kBFloat16};
 constexpr CacheDType kCacheDTypes[] = {CacheDType::kAuto, CacheDType::kFp8E4M3, CacheDType::kFp8E5M2};
-constexpr int kHeadSizes[] = {32, 64, 80, 96, 112, 120, 128, 192, 256};
+constexpr auto kHeadSizes = detail::kHeadSizes;  // the library's one list
 
 // Every query dtype x cache dtype x block size; head sizes rotate so each appears 3 times,
 // kv heads rotate over MHA / GQA / MQA; fp8 caches use non-unit scales.
@@ -170,7 +171,7 @@ TEST(CpuAttention, DtypeMatrix) {
         c.dtype = t;
         c.kv_cache_dtype = cd;
         c.block_size = bs;
-        c.head_size = kHeadSizes[k % 9];
+        c.head_size = kHeadSizes[k % kHeadSizes.size()];
         c.num_heads = 4;
         c.num_kv_heads = (k % 3 == 0) ? 4 : (k % 3 == 1) ? 2 : 1;
         c.num_seqs = 4;
@@ -209,7 +210,7 @@ TEST(CpuAttention, GqaGroups) {
     ProblemConfig c;
     c.num_heads = h;
     c.num_kv_heads = kvh;
-    c.head_size = kHeadSizes[(k * 4 + 1) % 9];
+    c.head_size = kHeadSizes[(k * 4 + 1) % kHeadSizes.size()];
     c.block_size = (k % 2) ? 32 : 8;
     c.dtype = kDTypes[k % 3];
     c.kv_cache_dtype = kCacheDTypes[(k + 1) % 3];
@@ -340,7 +341,7 @@ TEST(CpuAttention, SlidingWindow) {
       c.dtype = t;
       c.kv_cache_dtype = kCacheDTypes[k % 3];
       c.block_size = (k % 3 == 0) ? 8 : (k % 3 == 1) ? 16 : 32;
-      c.head_size = kHeadSizes[(k * 2) % 9];
+      c.head_size = kHeadSizes[(k * 2) % kHeadSizes.size()];
       c.num_heads = 8;
       c.num_kv_heads = (k % 2) ? 2 : 8;
       c.window_left = w;
@@ -393,7 +394,7 @@ TEST(CpuAttention, MultiTokenQueries) {
         c.v_scale = 1.5f;
       }
       c.block_size = k % 2 ? 16 : 32;
-      c.head_size = kHeadSizes[(k * 5 + 2) % 9];
+      c.head_size = kHeadSizes[(k * 5 + 2) % kHeadSizes.size()];
       c.num_kv_heads = 2;
       c.num_heads = 2 * group;
       c.alibi = k % 3 == 1;

@@ -80,6 +80,38 @@ TEST_P(CudaReshapeAndCache, BitExactWithCpuBackend) {
   EXPECT_EQ(gv.storage, c.value_cache.storage) << "value cache differs from the CPU backend";
 }
 
+// Per-kv-head fp8 scales: kv head g encodes with k_scales[g] / v_scales[g], read on the device.
+TEST_P(CudaReshapeAndCache, PerHeadScalesBitExactWithCpuBackend) {
+  PAGEDATTN_REQUIRE_GPU();
+  PAGEDATTN_TEST_RNG(rng);
+  const auto [dtype, cache] = GetParam();
+  if (cache == CacheDType::kAuto) GTEST_SKIP() << "per-head scales apply to fp8 caches only (validation tests cover auto)";
+  CacheCase c = make_cache_case(dtype, cache, rng);
+  const int KVH = static_cast<int>(c.key.view.shape[1]);
+  HostTensor ks = make_tensor(DType::kFloat32, {KVH}), vs = make_tensor(DType::kFloat32, {KVH});
+  for (int g = 0; g < KVH; ++g) {  // scales far apart, so a kernel that used one head's scale for all fails
+    static_cast<float*>(ks.view.data)[g] = static_cast<float>(rng.uniform(0.5, 2.0) * (g + 1));
+    static_cast<float*>(vs.view.data)[g] = static_cast<float>(rng.uniform(0.01, 0.1) * (g + 1));
+  }
+  c.params.k_scale = c.params.v_scale = 1.0f;
+  c.params.k_scales = ks.view;
+  c.params.v_scales = vs.view;
+  DeviceCacheCase d(c);
+  const DeviceTensor dks = DeviceTensor::from(ks), dvs = DeviceTensor::from(vs);
+  d.params.k_scales = dks.view;
+  d.params.v_scales = dvs.view;
+  reshape_and_cache(d.params);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  HostTensor before = c.key_cache;
+  reshape_and_cache(c.params);  // CPU backend on the same inputs
+  EXPECT_NE(before.storage, c.key_cache.storage) << "the CPU call wrote nothing (test set-up)";
+  HostTensor gk = c.key_cache, gv = c.value_cache;
+  d.kc.to_host(gk);
+  d.vc.to_host(gv);
+  EXPECT_EQ(gk.storage, c.key_cache.storage) << "key cache differs from the CPU backend";
+  EXPECT_EQ(gv.storage, c.value_cache.storage) << "value cache differs from the CPU backend";
+}
+
 INSTANTIATE_TEST_SUITE_P(All, CudaReshapeAndCache,
                          ::testing::Combine(::testing::Values(DType::kFloat32, DType::kFloat16, DType::kBFloat16),
                                             ::testing::Values(CacheDType::kAuto, CacheDType::kFp8E4M3,

@@ -71,10 +71,8 @@ TEST_P(Variants, MatchReference) {
   c.head_size = sizes[rng.randint(0, 3)];
   const int blocks[] = {8, 16, 32};
   c.block_size = blocks[rng.randint(0, 2)];
-  const int groups[] = {1, 2, 3, 4, 5, 8};
-  const int group = groups[rng.randint(0, 5)];
   c.num_kv_heads = static_cast<int>(rng.randint(1, 2));
-  c.num_heads = c.num_kv_heads * group;
+  c.num_heads = c.num_kv_heads;  // the GQA group is looped over below
   c.num_seqs = static_cast<int>(rng.randint(2, 4));
   c.min_len = 0;
   c.max_len = static_cast<int>(rng.randint(1, 2000));
@@ -109,7 +107,12 @@ TEST_P(Variants, MatchReference) {
                                     << " window " << c.window_left << " cap " << c.logits_soft_cap << " q_lens "
                                     << c.q_lens.size() << " lse " << c.lse << " per-head " << c.per_head_scales
                                     << " alibi " << c.alibi << " sparse " << c.blocksparse.vert_stride);
-  check_auto_paths(build_problem(c, rng));
+  for (int group : {1, 2, 3, 4, 8}) {  // every group size class: one row, CUDA-core tiles, tensor-core rows
+    ProblemConfig g = c;
+    g.num_heads = c.num_kv_heads * group;
+    SCOPED_TRACE(::testing::Message() << "group " << group);
+    check_auto_paths(build_problem(g, rng));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
