@@ -473,7 +473,7 @@ TEST(CpuAttention, PerHeadScales) {
         c.kv_cache_dtype = cd;
         c.per_head_scales = true;
         c.block_size = k % 2 ? 16 : 32;
-        c.head_size = kHeadSizes[(k * 7 + 1) % 9];
+        c.head_size = kHeadSizes[(k * 7 + 1) % kHeadSizes.size()];
         c.num_kv_heads = group == 8 ? 2 : 4;
         c.num_heads = c.num_kv_heads * group;
         c.lse = true;
@@ -498,7 +498,7 @@ TEST(CpuAttention, VariantCombos) {
       c.kv_cache_dtype = kCacheDTypes[k % 3];
       c.per_head_scales = c.kv_cache_dtype != CacheDType::kAuto;
       c.block_size = k % 2 ? 8 : 16;
-      c.head_size = kHeadSizes[(k * 4 + 3) % 9];
+      c.head_size = kHeadSizes[(k * 4 + 3) % kHeadSizes.size()];
       c.num_kv_heads = 2;
       c.num_heads = 2 * group;
       c.alibi = true;
@@ -701,7 +701,7 @@ TEST(CpuAttention, KernelCopiesAgreeBitwise) {
         c.dtype = t;
         c.kv_cache_dtype = cd;
         c.block_size = bs;
-        c.head_size = kHeadSizes[(k + k / 3) % 9];  // 120 with an fp8 cache included (k = 4)
+        c.head_size = kHeadSizes[(k + k / 3) % kHeadSizes.size()];  // 120 with an fp8 cache included (k = 4)
         const int groups[] = {1, 2, 3, 4, 8};
         c.num_kv_heads = 2;
         c.num_heads = 2 * groups[k % 5];
@@ -758,7 +758,7 @@ TEST(CpuAttention, KernelCopiesAgreeBitwiseOnVariants) {
         c.kv_cache_dtype = cd;
         c.per_head_scales = cd != CacheDType::kAuto && k % 2 == 0;
         c.block_size = bs;
-        c.head_size = kHeadSizes[(k * 2 + 1) % 9];
+        c.head_size = kHeadSizes[(k * 2 + 1) % kHeadSizes.size()];
         c.num_kv_heads = 2;
         c.num_heads = 2 * (1 << (k % 4));
         c.alibi = k % 3 == 0;
