@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 #include <cstddef>
@@ -38,6 +39,27 @@ struct DeviceInfo {
 };
 
 /// The memory wall the run is judged against: a large buffer copy, read + write counted.
+/// Read-only walls of the host, measured in the same run as the cases: a sequential read of a
+/// large buffer, and reads of whole pages taken in random order (as a paged cache is read),
+/// per page size; all threads the library uses (OMP_NUM_THREADS, else every hardware thread).
+struct ReadWalls {
+  int threads = 0;
+  std::int64_t buffer_bytes = 0;
+  double seq_gbps = 0.0;  ///< best of the repetitions
+  std::vector<std::pair<int, double>> gather;  ///< (page bytes, best GB/s), ascending page size
+  std::string method;
+  bool measured() const { return seq_gbps > 0.0; }
+  /// The gather wall of the measured page size nearest `page_bytes` (0 when none measured).
+  double gather_for(std::int64_t page_bytes) const {
+    double best = 0.0, dist = 1e300;
+    for (const auto& [sz, g] : gather) {
+      const double d = std::abs(std::log(double(sz)) - std::log(double(std::max<std::int64_t>(page_bytes, 1))));
+      if (d < dist) dist = d, best = g;
+    }
+    return best;
+  }
+};
+
 struct CopyBandwidth {
   double gbps = 0.0;               ///< median over the repetitions
   double best_gbps = 0.0;
@@ -90,6 +112,8 @@ class Backend {
   virtual void synchronize() = 0;
 
   virtual CopyBandwidth measure_copy_bandwidth() = 0;
+  /// The read walls a paged cache meets (CPU backend; others return an empty one).
+  virtual ReadWalls measure_read_walls() { return {}; }
   /// Times `call(k)` for k = 0, 1, 2, ... one call per sample after `warmup` calls.
   virtual Samples time_eager(const std::function<void(int)>& call, int warmup, int iters) = 0;
   /// Captures `calls_per_graph` calls (k = 0 .. calls_per_graph-1) into one graph, replays it

@@ -106,6 +106,9 @@ struct Result {
   double median_us = 0.0, min_us = 0.0, max_us = 0.0;
   double gbps = 0.0;              ///< bytes / median time
   double pct_copy = 0.0;          ///< gbps / copy bandwidth * 100
+  std::int64_t page_bytes = 0;    ///< bytes of one (block, kv head) page of K (or V)
+  double pct_read = 0.0;          ///< gbps / sequential-read wall * 100 (0: not measured)
+  double pct_gather = 0.0;        ///< gbps / page-gather wall at page_bytes * 100 (0: not measured)
 
   // Check against the float64 reference.
   CheckStatus check = CheckStatus::kNotRun;

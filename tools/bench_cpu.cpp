@@ -1,4 +1,8 @@
-// CPU side of pagedattn-bench: host memory, std::chrono timing, memcpy as the bandwidth wall.
+// CPU side of pagedattn-bench: host memory, std::chrono timing, memcpy as the bandwidth wall,
+// and the read walls of a paged cache (sequential read, page gather) measured in the same run.
+// Buffers of 2 MiB or more are 2 MiB aligned and advised as transparent huge pages
+// (MADV_HUGEPAGE; PAGEDATTN_BENCH_HUGEPAGES=0 turns it off): gathering scattered cache pages
+// then misses the TLB far less often (docs/performance.md has the measured difference).
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -7,7 +11,12 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <random>
 #include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include <sys/mman.h>
 
 #include "bench_backend.h"
 
@@ -44,6 +53,50 @@ std::int64_t meminfo_bytes(const char* key, std::int64_t fallback) {
   return fallback;
 }
 
+/// Threads the library's OpenMP loops use: OMP_NUM_THREADS, else every hardware thread.
+int library_threads() {
+  const char* e = std::getenv("OMP_NUM_THREADS");
+  const int n = e != nullptr ? std::atoi(e) : 0;
+  return n > 0 ? n : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+bool huge_pages_wanted() {
+  const char* e = std::getenv("PAGEDATTN_BENCH_HUGEPAGES");
+  return !(e != nullptr && std::strcmp(e, "0") == 0);
+}
+
+constexpr std::size_t kHugePage = std::size_t(2) << 20;
+
+/// Reads `bytes` from `p` (a multiple of 64) and returns a value that depends on every line
+/// read, so the reads cannot be dropped. Four independent 8-byte lanes per line: the loads are
+/// what is timed, not the adds.
+std::uint64_t read_lines(const unsigned char* p, std::size_t bytes) {
+  std::uint64_t a = 0, b = 0, c = 0, d = 0;
+  for (std::size_t i = 0; i < bytes; i += 64) {
+    std::uint64_t x[4];
+    std::memcpy(x, p + i, 8);
+    std::memcpy(x + 1, p + i + 16, 8);
+    std::memcpy(x + 2, p + i + 32, 8);
+    std::memcpy(x + 3, p + i + 48, 8);
+    a += x[0];
+    b ^= x[1];
+    c += x[2];
+    d ^= x[3];
+  }
+  return a + b + c + d;
+}
+
+/// Runs f(t) on `n` threads (t = 0 .. n-1) and returns the wall time in microseconds.
+template <class F>
+double timed_on_threads(int n, F&& f) {
+  std::vector<std::thread> th;
+  const auto t0 = Clock::now();
+  for (int t = 1; t < n; ++t) th.emplace_back([&f, t] { f(t); });
+  f(0);
+  for (auto& x : th) x.join();
+  return micros_since(t0);
+}
+
 class CpuBackend final : public Backend {
  public:
   CpuBackend() {
@@ -60,8 +113,20 @@ class CpuBackend final : public Backend {
   std::int64_t default_rotate_bytes() const override { return std::int64_t(64) << 20; }
   bool supports_graphs() const override { return false; }
 
-  void* alloc(std::size_t bytes) override { return ::operator new(bytes, std::align_val_t(256)); }
-  void release(void* p) override { ::operator delete(p, std::align_val_t(256)); }
+  void* alloc(std::size_t bytes) override {
+    if (bytes >= kHugePage && huge_pages_wanted()) {
+      const std::size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+      void* p = ::operator new(rounded, std::align_val_t(kHugePage));
+      madvise(p, rounded, MADV_HUGEPAGE);  // advice only: a kernel without THP ignores it
+      huge_.insert(p);
+      return p;
+    }
+    return ::operator new(bytes, std::align_val_t(256));
+  }
+  void release(void* p) override {
+    if (huge_.erase(p) != 0) return ::operator delete(p, std::align_val_t(kHugePage));
+    ::operator delete(p, std::align_val_t(256));
+  }
 
   void fill_random(void* dst, std::size_t count, FillKind kind, std::uint64_t seed) override {
     auto* out = static_cast<unsigned char*>(dst);
@@ -92,6 +157,55 @@ class CpuBackend final : public Backend {
                                           "memcpy of 256 MiB on one thread, read + write counted, median of 5");
   }
 
+  ReadWalls measure_read_walls() override {
+    ReadWalls w;
+    w.threads = library_threads();
+    constexpr std::size_t kBytes = std::size_t(1) << 30;
+    constexpr int kReps = 5;
+    w.buffer_bytes = static_cast<std::int64_t>(kBytes);
+    Buffer buf(this, kBytes);
+    auto* base = static_cast<unsigned char*>(buf.get());
+    std::memset(base, 1, kBytes);
+    volatile std::uint64_t sink = 0;
+    const int n = w.threads;
+    // sequential: each thread reads one contiguous share
+    for (int r = 0; r < kReps; ++r) {
+      const double us = timed_on_threads(n, [&](int t) {
+        const std::size_t share = kBytes / n / 64 * 64;
+        sink = sink + read_lines(base + share * t, share);
+      });
+      w.seq_gbps = std::max(w.seq_gbps, double(kBytes / n / 64 * 64 * n) / (us * 1e3));
+    }
+    // gather: every page of the buffer once, in a random order, split between the threads
+    for (int page : {1024, 2048, 4096, 8192, 16384, 32768}) {
+      const std::size_t pages = kBytes / page;
+      std::vector<std::uint32_t> order(pages);
+      for (std::size_t i = 0; i < pages; ++i) order[i] = static_cast<std::uint32_t>(i);
+      std::shuffle(order.begin(), order.end(), std::mt19937_64(page));
+      double best = 0.0;
+      for (int r = 0; r < kReps; ++r) {
+        const double us = timed_on_threads(n, [&](int t) {
+          std::uint64_t s = 0;
+          for (std::size_t i = t; i < pages; i += n) {
+            const unsigned char* p = base + std::size_t(order[i]) * page;
+            if (i + 2 * n < pages) {  // the next page of this thread, a little ahead
+              const unsigned char* q = base + std::size_t(order[i + 2 * n]) * page;
+              for (int o = 0; o < page; o += 64) __builtin_prefetch(q + o);
+            }
+            s += read_lines(p, page);
+          }
+          sink = sink + s;
+        });
+        best = std::max(best, double(pages * page) / (us * 1e3));
+      }
+      w.gather.emplace_back(page, best);
+    }
+    w.method = "1 GiB buffer on " + std::to_string(n) + " thread(s), best of " + std::to_string(kReps) +
+               "; gather: each page once in random order, next page prefetched; " +
+               (huge_pages_wanted() ? "MADV_HUGEPAGE" : "4 KiB pages (PAGEDATTN_BENCH_HUGEPAGES=0)");
+    return w;
+  }
+
   Samples time_eager(const std::function<void(int)>& call, int warmup, int iters) override {
     int k = 0;
     for (int i = 0; i < warmup; ++i) call(k++);
@@ -113,6 +227,7 @@ class CpuBackend final : public Backend {
 
  private:
   DeviceInfo info_;
+  std::unordered_set<void*> huge_;  ///< blocks allocated with the huge-page alignment
 };
 
 }  // namespace

@@ -318,6 +318,9 @@ int run(int argc, char** argv) {
   if (!quiet) std::fprintf(stderr, "measuring copy bandwidth...\n");
   info.copy = backend->measure_copy_bandwidth();
   o.copy_gbps = info.copy.gbps;
+  if (!quiet && cpu) std::fprintf(stderr, "measuring read walls...\n");
+  info.walls = backend->measure_read_walls();
+  o.walls = info.walls;
   info.options = o;
 
   if (!backend_note.empty()) std::cout << "note: " << backend_note << "\n";

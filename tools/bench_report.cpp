@@ -65,6 +65,8 @@ std::string notes_label(const Result& r) {
     if (r.c.goal > 0.0) b += std::string(r.goal_met ? " (goal <= " : " (MISSED goal <= ") + fmt("%.2fx)", r.c.goal);
     add(b);
   }
+  if (r.pct_read > 0.0 && r.iters > 0)
+    add(fmt("%.0f%%read", r.pct_read) + " " + fmt("%.0f%%gather", r.pct_gather) + "@" + fmt("%gKiB", double(r.page_bytes) / 1024.0));
   if (r.c.lse && r.check != CheckStatus::kNotRun && r.check != CheckStatus::kNotApplicable && r.error.empty())
     add("lse err " + fmt("%.1e", r.max_lse_err));
   return n;
@@ -103,6 +105,12 @@ void print_header(std::ostream& os, const RunInfo& info) {
     os << " (" << info.device.compute_units << " hardware threads)";
   os << "\n";
   os << "copy bandwidth: " << fmt("%.1f", info.copy.gbps) << " GB/s (" << info.copy.method << ")\n";
+  if (info.walls.measured()) {
+    os << "read walls:     sequential " << fmt("%.1f", info.walls.seq_gbps) << " GB/s; page gather";
+    for (const auto& [sz, g] : info.walls.gather) os << " " << bytes_label(double(sz)) << " " << fmt("%.1f", g);
+    os << " GB/s\n                (" << info.walls.method << ")\n"
+       << "                notes: %read = GB/s / sequential wall, %gather = GB/s / gather wall at the case's page size\n";
+  }
   os << "run:            " << (info.sweep.empty() ? "shapes from the command line" : "sweep '" + info.sweep + "'")
      << ", " << info.num_cases << " case(s); algos";
   for (Algo a : o.algos) os << " " << algo_name(a);
@@ -285,6 +293,15 @@ void write_json(const std::string& path, const RunInfo& info, const std::vector<
                          {"bytes_copied", info.copy.bytes_copied},
                          {"repetitions", info.copy.repetitions},
                          {"method", info.copy.method}};
+  if (info.walls.measured()) {
+    json g = json::array();
+    for (const auto& [sz, gb] : info.walls.gather) g.push_back({{"page_bytes", sz}, {"gbps", gb}});
+    j["read_walls"] = {{"threads", info.walls.threads},
+                       {"buffer_bytes", info.walls.buffer_bytes},
+                       {"sequential_gbps", info.walls.seq_gbps},
+                       {"gather", g},
+                       {"method", info.walls.method}};
+  }
   json algos = json::array();
   for (Algo a : o.algos) algos.push_back(algo_name(a));
   j["options"] = {{"algos", algos},        {"eager", o.eager},           {"graph", o.graph},
@@ -342,6 +359,9 @@ void write_json(const std::string& path, const RunInfo& info, const std::vector<
     x["max_us"] = r.max_us;
     x["gbps"] = r.gbps;
     x["pct_copy"] = r.pct_copy;
+    x["page_bytes"] = r.page_bytes;
+    x["pct_read"] = r.pct_read;
+    x["pct_gather"] = r.pct_gather;
     x["check"] = check_word(r);
     x["max_abs_err"] = num(r.max_abs_err);
     x["err_over_tol"] = num(r.worst_err_over_tol);

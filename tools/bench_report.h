@@ -18,6 +18,7 @@ struct RunInfo {
   std::string sweep;  ///< named sweep, or "" for shapes from the command line
   DeviceInfo device;
   CopyBandwidth copy;
+  ReadWalls walls;  ///< CPU backend: sequential-read and page-gather walls of the same run
   RunOptions options;
   int num_cases = 0;
 };

@@ -201,6 +201,7 @@ void build_problem(Backend& b, const RunOptions& o, Problem& pr, Result& proto) 
   proto.qo_bytes = 2 * pr.rows() * std::int64_t(pr.row_bytes()) +
                    (c.lse ? pr.rows() * c.num_heads * std::int64_t(sizeof(float)) : 0);
   proto.bytes = proto.kv_bytes + proto.qo_bytes;
+  proto.page_bytes = std::int64_t(c.block_size) * c.head_size * pr.cache_bytes();
 
   // How many KV buffers: enough that more than rotate_bytes of KV is read between two reads of
   // the same byte, as many as fit.
@@ -481,6 +482,11 @@ void fill_timing(const Samples& s, const RunOptions& o, Result& r) {
   r.max_us = *std::max_element(s.us.begin(), s.us.end());
   r.gbps = double(r.bytes) / (r.median_us * 1e3);
   r.pct_copy = o.copy_gbps > 0 ? 100.0 * r.gbps / o.copy_gbps : 0.0;
+  if (o.walls.measured()) {
+    r.pct_read = 100.0 * r.gbps / o.walls.seq_gbps;
+    const double g = o.walls.gather_for(r.page_bytes);
+    r.pct_gather = g > 0 ? 100.0 * r.gbps / g : 0.0;
+  }
 }
 
 /// Why `a` does not apply to `c` ("" when it does): v1/v2 keep vLLM's contract.

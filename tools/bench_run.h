@@ -24,6 +24,7 @@ struct RunOptions {
   std::int64_t rotate_bytes = 0;  ///< KV bytes read between two reuses of a buffer must exceed this
   int max_buffers = 4096;
   double copy_gbps = 0.0;      ///< the wall, for % of copy bandwidth
+  ReadWalls walls;             ///< CPU: sequential-read and page-gather walls (for %read, %gather)
   bool async_reference = false;  ///< compute the reference on a host thread while the device times
 };
 

@@ -89,32 +89,37 @@ struct Call {
 
 // The kernel passes 8-lane vectors between inline functions; without AVX that would be an
 // ABI change (-Wpsabi) if they were ever called across translation units, which they are not.
+// (GCC reports it where templates are instantiated, at the end of the file: the pop is there.)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
 #define PAGEDATTN_CPU_ISA_NS generic
 #define PAGEDATTN_CPU_F16C 0
+#define PAGEDATTN_CPU_FMA 0
 #include "cpu/attention_kernel.inc"
 #undef PAGEDATTN_CPU_ISA_NS
 #undef PAGEDATTN_CPU_F16C
+#undef PAGEDATTN_CPU_FMA
 
 #if PAGEDATTN_CPU_X86
 #pragma GCC push_options
-#pragma GCC target("avx2,f16c")
+#pragma GCC target("avx2,f16c,fma")
 #define PAGEDATTN_CPU_ISA_NS avx2
 #define PAGEDATTN_CPU_F16C 1
+#define PAGEDATTN_CPU_FMA 1
 #include "cpu/attention_kernel.inc"
 #undef PAGEDATTN_CPU_ISA_NS
 #undef PAGEDATTN_CPU_F16C
+#undef PAGEDATTN_CPU_FMA
 #pragma GCC pop_options
 #endif
-#pragma GCC diagnostic pop
 
 /// Whether to run the avx2 copy of the kernel: the CPU (and OS) supports AVX2 and F16C, and
 /// the environment variable PAGEDATTN_CPU_KERNEL is not "generic" (a testing knob: the
 /// generic copy must give bitwise the same results, tests/cpu checks it).
 [[maybe_unused]] bool use_avx2() {
 #if PAGEDATTN_CPU_X86
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  static const bool ok =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
   const char* force = std::getenv("PAGEDATTN_CPU_KERNEL");
   return ok && !(force != nullptr && std::strcmp(force, "generic") == 0);
 #else
@@ -413,3 +418,4 @@ void attention_v2(const PagedAttentionParams& p, const AttentionShape& s, const 
 }
 
 }  // namespace pagedattn::detail::cpu
+#pragma GCC diagnostic pop
