@@ -15,10 +15,13 @@
 //      and accumulate p . v per row as 8-lane partial sums.
 // A span longer than the logits buffer allows (kLogitsBudget) is cut into pieces whose
 // states merge exactly (rescale by the running max), as V2's reduce does.
-// The kernel (attention_kernel.inc) is compiled twice: for AVX2 + F16C, chosen at run time
-// when the CPU has them, and for baseline x86-64; both give bitwise the same results.
+// The kernel (attention_kernel.inc) is compiled twice: for AVX2 + F16C + FMA, chosen at run
+// time when the CPU has them, and for baseline x86-64; they agree within the reference
+// tolerance (the AVX2 copy fuses its multiply-adds), and each gives the same bits run to run
+// and at any thread count (a work item's arithmetic does not depend on which thread runs it).
 // Cache blocks are software-prefetched two blocks ahead (the block table defeats the
-// hardware prefetcher).
+// hardware prefetcher; PAGEDATTN_CPU_PREFETCH=N sets the distance for measurements: 1-16
+// blocks measured the same within this shared machine's noise, docs/performance.md).
 // All arithmetic is float32; the result is rounded to the query dtype once at the end.
 // NaN (SPEC §3): maxima use max_nan and emptiness is tested as `l == 0`, so a NaN in a query
 // row, or in an attended key or value, reaches exactly the rows it enters.
@@ -113,9 +116,9 @@ struct Call {
 #pragma GCC pop_options
 #endif
 
-/// Whether to run the avx2 copy of the kernel: the CPU (and OS) supports AVX2 and F16C, and
-/// the environment variable PAGEDATTN_CPU_KERNEL is not "generic" (a testing knob: the
-/// generic copy must give bitwise the same results, tests/cpu checks it).
+/// Whether to run the avx2 copy of the kernel: the CPU (and OS) supports AVX2, F16C and FMA,
+/// and the environment variable PAGEDATTN_CPU_KERNEL is not "generic" (a testing knob that
+/// forces the baseline copy: tests/cpu checks both copies against the reference).
 [[maybe_unused]] bool use_avx2() {
 #if PAGEDATTN_CPU_X86
   static const bool ok =
