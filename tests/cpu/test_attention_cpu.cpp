@@ -676,23 +676,29 @@ TEST(CpuAttention, NanInCacheReachesTheRowsAttendingIt) {
         }
 }
 
+/// Skips (visibly) where there is no AVX2 + F16C + FMA copy of the kernel to compare with the
+/// generic one (both runs would take the generic copy).
+#if defined(__x86_64__) || defined(__i386__)
+#define PAGEDATTN_SKIP_WITHOUT_AVX2_COPY()                                                                   \
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("f16c") || !__builtin_cpu_supports("fma")) \
+  GTEST_SKIP() << "this CPU has no AVX2 + F16C + FMA: only the generic kernel copy runs here"
+#else
+#define PAGEDATTN_SKIP_WITHOUT_AVX2_COPY() GTEST_SKIP() << "not an x86 CPU: only the generic kernel copy is built"
+#endif
+
+/// Forces the generic kernel copy while alive, and always lets go of it (even when a check throws).
+struct ForceGeneric {
+  ForceGeneric() { ::setenv("PAGEDATTN_CPU_KERNEL", "generic", 1); }
+  ~ForceGeneric() { ::unsetenv("PAGEDATTN_CPU_KERNEL"); }
+};
+
 // The backend carries two copies of its kernel (AVX2 + F16C + FMA, chosen at run time, and
 // baseline x86-64; PAGEDATTN_CPU_KERNEL=generic forces the latter). The AVX2 copy fuses its
 // multiply-adds, so the two are not bit for bit equal: each must match the float64 reference
 // within the dtype's tolerance, and each must give the same bits when run again. Skipped
 // where there is no AVX2 copy to compare (both runs would take the generic one).
 TEST(CpuAttention, KernelCopiesMatchReferenceAndRepeat) {
-#if defined(__x86_64__) || defined(__i386__)
-  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("f16c") || !__builtin_cpu_supports("fma"))
-    GTEST_SKIP() << "this CPU has no AVX2 + F16C + FMA: only the generic kernel copy runs here";
-#else
-  GTEST_SKIP() << "not an x86 CPU: only the generic kernel copy is built";
-#endif
-  // forces the generic copy while alive, and always lets go of it (even when a check throws)
-  struct ForceGeneric {
-    ForceGeneric() { ::setenv("PAGEDATTN_CPU_KERNEL", "generic", 1); }
-    ~ForceGeneric() { ::unsetenv("PAGEDATTN_CPU_KERNEL"); }
-  };
+  PAGEDATTN_SKIP_WITHOUT_AVX2_COPY();
   PAGEDATTN_TEST_RNG(rng);
   int k = 0;
   for (DType t : kDTypes)
@@ -746,16 +752,7 @@ TEST(CpuAttention, KernelCopiesMatchReferenceAndRepeat) {
 // reference, and bit for bit run to run, over windows, soft-caps, several query tokens
 // (part-attended blocks, lane masks), per-head scales.
 TEST(CpuAttention, KernelCopiesMatchReferenceAndRepeatOnVariants) {
-#if defined(__x86_64__) || defined(__i386__)
-  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("f16c") || !__builtin_cpu_supports("fma"))
-    GTEST_SKIP() << "this CPU has no AVX2 + F16C + FMA: only the generic kernel copy runs here";
-#else
-  GTEST_SKIP() << "not an x86 CPU: only the generic kernel copy is built";
-#endif
-  struct ForceGeneric {
-    ForceGeneric() { ::setenv("PAGEDATTN_CPU_KERNEL", "generic", 1); }
-    ~ForceGeneric() { ::unsetenv("PAGEDATTN_CPU_KERNEL"); }
-  };
+  PAGEDATTN_SKIP_WITHOUT_AVX2_COPY();
   PAGEDATTN_TEST_RNG(rng);
   int k = 0;
   for (DType t : kDTypes)
