@@ -21,7 +21,7 @@ void check_data(const PagedAttentionParams& p, const AttentionShape& s) {
 
 void paged_attention_v1(const PagedAttentionParams& p) {
   const AttentionShape s = detail::validate_attention(p, "paged_attention_v1");
-  detail::reject_variants(p, s, "paged_attention_v1");
+  detail::reject_variants(p, "paged_attention_v1");
   if (s.num_seqs == 0) return;
   if (on_cuda(s)) {
 #ifdef PAGEDATTN_WITH_CUDA
@@ -37,7 +37,7 @@ void paged_attention_v1(const PagedAttentionParams& p) {
 
 void paged_attention_v2(const PagedAttentionParams& p, const V2Workspace& ws) {
   const AttentionShape s = detail::validate_attention(p, "paged_attention_v2");
-  detail::reject_variants(p, s, "paged_attention_v2");
+  detail::reject_variants(p, "paged_attention_v2");
   detail::validate_v2_workspace(p, s, ws);
   if (s.num_seqs == 0) return;
   if (on_cuda(s)) {

@@ -5,7 +5,8 @@
 //     ALiBi) and the masks (causal position, sliding window, block-sparse) of a (row, token);
 //   - attended_span: the cache tokens any row of a sequence attends (what a kernel must read,
 //     and what the split planner sizes work from);
-//   - SoftmaxState: the online-softmax running (max, sum) with its exact merge, NaN-propagating;
+//   - the online-softmax state (running max m, sum l): NaN-propagating max_nan, rescale and
+//     merge_weight for merging two states exactly;
 //   - lse_of / merge weights: the epilogue's log-sum-exp and the merge of partial states.
 // The CUDA kernels, the CUDA reduce and merge, and the CPU backend all use these; the float64
 // reference (src/reference/) keeps its own independent code.
@@ -117,12 +118,6 @@ PAGEDATTN_HD Span attended_span(const LogitsRule& r, int seq_len, int q_len, int
 
 /// Splits of `part` tokens covering a span (0 for an empty one).
 PAGEDATTN_HD int span_splits(Span s, int part) { return s.hi > s.lo ? (s.hi - s.lo + part - 1) / part : 0; }
-
-/// Online-softmax running state of one row: m = max logit seen, l = sum exp(s - m).
-struct SoftmaxState {
-  float m = neg_inf();
-  float l = 0.0f;
-};
 
 /// The factor exp(m_old - m_new) that rescales what was accumulated under m_old (0 when
 /// nothing was: m_old = -inf; NaN stays NaN).

@@ -173,8 +173,6 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
     require_dim(p.lse, op, "lse", 1, s.num_heads, "num_heads");
     require_contiguous_from(p.lse, op, "lse", 0);
   }
-  s.variants = s.multi_token || p.max_query_len != 0 || p.window_left != -1 || p.logits_soft_cap != 0.0f ||
-               p.lse.defined() || p.k_scales.defined() || p.v_scales.defined();
 
   // scalars
   if (!contains(kBlockSizes, p.block_size))
@@ -290,14 +288,15 @@ LogitsRule make_logits_rule(const PagedAttentionParams& p, const AttentionShape&
   return r;
 }
 
-void reject_variants(const PagedAttentionParams& p, const AttentionShape& s, const char* op) {
-  if (!s.variants) return;
-  const char* field = p.query_start_loc.defined() ? "query_start_loc"
-                      : p.max_query_len != 0      ? "max_query_len"
-                      : p.window_left != -1       ? "window_left"
-                      : p.logits_soft_cap != 0.0f ? "logits_soft_cap"
-                      : p.lse.defined()           ? "lse"
-                                                  : "k_scales/v_scales";
+void reject_variants(const PagedAttentionParams& p, const char* op) {
+  const char* field = p.query_start_loc.defined()                         ? "query_start_loc"
+                      : p.max_query_len != 0                              ? "max_query_len"
+                      : p.window_left != -1                               ? "window_left"
+                      : p.logits_soft_cap != 0.0f                         ? "logits_soft_cap"
+                      : p.lse.defined()                                   ? "lse"
+                      : (p.k_scales.defined() || p.v_scales.defined())    ? "k_scales/v_scales"
+                                                                          : nullptr;
+  if (field == nullptr) return;  // the plain call vLLM's V1/V2 define
   fail(kInv, op, ": ", field, " is set, but ", op,
        " keeps vLLM's contract (one query per sequence, no window, soft-cap, lse or per-head scales); "
        "use paged_attention (the auto entry point) for these variants");
@@ -349,8 +348,8 @@ void fail_attention_data(const PagedAttentionParams& p, const AttentionShape& s,
   }
 }
 
-void fail_query_start_loc(const PagedAttentionParams& p, const AttentionShape& s, int kind, int seq,
-                          std::int64_t value, std::int64_t other) {
+[[noreturn]] static void fail_query_start_loc(const PagedAttentionParams& p, const AttentionShape& s, int kind, int seq,
+                                              std::int64_t value, std::int64_t other) {
   const auto code = ErrorCode::kDataError;
   switch (kind) {
     case 1:

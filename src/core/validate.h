@@ -44,7 +44,6 @@ struct AttentionShape {
   int num_rows = 0;               ///< query rows: query.shape[0] (== num_seqs without query_start_loc)
   int max_q_len = 1;              ///< bound on q_len_i: the max_query_len hint, or num_rows
   bool multi_token = false;       ///< query_start_loc given
-  bool variants = false;          ///< any SPEC §3b field set (V1/V2 reject the call)
   int group_size() const { return num_heads / num_kv_heads; }
 };
 
@@ -53,7 +52,7 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
 /// The LogitsRule (core/attention_rules.h) of a validated call.
 LogitsRule make_logits_rule(const PagedAttentionParams& p, const AttentionShape& s);
 /// V1/V2 keep vLLM's contract: a call that sets any SPEC §3b field is rejected naming it.
-void reject_variants(const PagedAttentionParams& p, const AttentionShape& s, const char* op);
+void reject_variants(const PagedAttentionParams& p, const char* op);
 /// Validates V2's workspace against the call (SPEC §7 "V2 workspaces large enough").
 void validate_v2_workspace(const PagedAttentionParams& p, const AttentionShape& s, const V2Workspace& ws);
 /// Checked mode on host-resident seq_lens / block_tables: first bad entry -> kDataError.
@@ -75,13 +74,9 @@ struct MergeShape {
 };
 MergeShape validate_merge_states(const MergeStatesParams& p);
 
-/// The message checked mode gives for bad query_start_loc data; kind: 1 = first entry not 0,
-/// 2 = decreasing at seq, 3 = last entry != num_rows, 4 = q_len > seq_len, 5 = q_len >
-/// max_query_len. Shared by the CPU and the CUDA check.
-[[noreturn]] void fail_query_start_loc(const PagedAttentionParams& p, const AttentionShape& s, int kind, int seq,
-                                       std::int64_t value, std::int64_t other);
-
-/// Checked mode's query_start_loc checks on host copies of query_start_loc and seq_lens.
+/// Checked mode's query_start_loc checks on host copies of query_start_loc and seq_lens (the
+/// CPU and the CUDA check share them, so both give the same message): starts at 0,
+/// non-decreasing, ends at the number of query rows, q_len <= seq_len and <= max_query_len.
 void check_query_rows(const PagedAttentionParams& p, const AttentionShape& s, const std::int32_t* qsl,
                       const std::int32_t* lens);
 
