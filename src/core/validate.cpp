@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <string>
+#include <utility>
 
 #include "core/check.h"
 
@@ -74,6 +76,19 @@ int cache_x(DType storage) { return static_cast<int>(16 / dtype_size(storage)); 
 
 DType cache_storage_for(CacheDType c, DType t) { return c == CacheDType::kAuto ? t : DType::kUInt8; }
 
+/// A float32 tensor on `dev`, contiguous, whose sizes are exactly `dims` (each named for the
+/// message): alibi_slopes, lse, per-head scales, merge's lse inputs.
+void require_f32(const TensorView& t, const char* op, const char* name, const char* layout,
+                 std::initializer_list<std::pair<std::int64_t, const char*>> dims, const Device& dev, const char* ref) {
+  require_defined(t, op, name);
+  require_ndim(t, op, name, static_cast<int>(dims.size()), layout);
+  require_dtype(t, op, name, DType::kFloat32, "");
+  require_device(t, op, name, dev, ref);
+  int d = 0;
+  for (const auto& [size, what] : dims) require_dim(t, op, name, d++, size, what);
+  require_contiguous_from(t, op, name, 0);
+}
+
 /// Per-kv-head fp8 scales (attention and reshape_and_cache): both or neither, fp8 caches only,
 /// per-tensor scales left at 1.0, float32 [num_kv_heads] on the call's device.
 void validate_head_scales(const TensorView& ks, const TensorView& vs, CacheDType cache, float k_scale, float v_scale,
@@ -87,14 +102,8 @@ void validate_head_scales(const TensorView& ks, const TensorView& vs, CacheDType
   if (k_scale != 1.0f || v_scale != 1.0f)
     fail(kInv, op, ": k_scale/v_scale are ", k_scale, "/", v_scale,
          " but per-head k_scales/v_scales are given; leave the per-tensor scales at 1.0");
-  for (auto [t, name] : {std::pair{&ks, "k_scales"}, std::pair{&vs, "v_scales"}}) {
-    require_defined(*t, op, name);
-    require_ndim(*t, op, name, 1, "[num_kv_heads]");
-    require_dtype(*t, op, name, DType::kFloat32, "");
-    require_device(*t, op, name, dev, ref);
-    require_dim(*t, op, name, 0, num_kv_heads, "num_kv_heads");
-    require_contiguous_from(*t, op, name, 0);
-  }
+  for (auto [t, name] : {std::pair{&ks, "k_scales"}, std::pair{&vs, "v_scales"}})
+    require_f32(*t, op, name, "[num_kv_heads]", {{num_kv_heads, "num_kv_heads"}}, dev, ref);
 }
 
 }  // namespace
@@ -164,15 +173,9 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
     fail(kInv, op, ": window_left is ", p.window_left, "; must be >= 0, or -1 for no sliding window");
   if (!(p.logits_soft_cap >= 0.0f) || !std::isfinite(p.logits_soft_cap))
     fail(kInv, op, ": logits_soft_cap is ", p.logits_soft_cap, "; must be finite and >= 0 (0: off)");
-  if (p.lse.defined()) {
-    require_defined(p.lse, op, "lse");
-    require_ndim(p.lse, op, "lse", 2, "[num_query_rows, num_heads]");
-    require_dtype(p.lse, op, "lse", DType::kFloat32, "");
-    require_device(p.lse, op, "lse", s.device, "query");
-    require_dim(p.lse, op, "lse", 0, s.num_rows, "query's num_query_rows");
-    require_dim(p.lse, op, "lse", 1, s.num_heads, "num_heads");
-    require_contiguous_from(p.lse, op, "lse", 0);
-  }
+  if (p.lse.defined())
+    require_f32(p.lse, op, "lse", "[num_query_rows, num_heads]",
+                {{s.num_rows, "query's num_query_rows"}, {s.num_heads, "num_heads"}}, s.device, "query");
 
   // scalars
   if (!contains(kBlockSizes, p.block_size))
@@ -260,14 +263,8 @@ AttentionShape validate_attention(const PagedAttentionParams& p, const char* op)
   require_dim(p.seq_lens, op, "seq_lens", 0, s.num_seqs, seqs_from);
   require_contiguous_from(p.seq_lens, op, "seq_lens", 0);
 
-  if (p.alibi_slopes.defined()) {
-    require_defined(p.alibi_slopes, op, "alibi_slopes");
-    require_ndim(p.alibi_slopes, op, "alibi_slopes", 1, "[num_heads]");
-    require_dtype(p.alibi_slopes, op, "alibi_slopes", DType::kFloat32, "");
-    require_device(p.alibi_slopes, op, "alibi_slopes", s.device, "query");
-    require_dim(p.alibi_slopes, op, "alibi_slopes", 0, s.num_heads, "num_heads");
-    require_contiguous_from(p.alibi_slopes, op, "alibi_slopes", 0);
-  }
+  if (p.alibi_slopes.defined())
+    require_f32(p.alibi_slopes, op, "alibi_slopes", "[num_heads]", {{s.num_heads, "num_heads"}}, s.device, "query");
   s.max_num_partitions = v2_max_num_partitions(p.max_seq_len);
   return s;
 }
@@ -419,13 +416,8 @@ MergeShape validate_merge_states(const MergeStatesParams& p) {
   s.with_lse = p.lse.defined();
   for (auto [t, name] : {std::pair{&p.lse_a, "lse_a"}, std::pair{&p.lse_b, "lse_b"}, std::pair{&p.lse, "lse"}}) {
     if (t == &p.lse && !s.with_lse) continue;
-    require_defined(*t, op, name);
-    require_ndim(*t, op, name, 2, "[rows, num_heads]");
-    require_dtype(*t, op, name, DType::kFloat32, "");
-    require_device(*t, op, name, s.device, "out_a");
-    require_dim(*t, op, name, 0, s.rows, "out_a's rows");
-    require_dim(*t, op, name, 1, s.num_heads, "out_a's num_heads");
-    require_contiguous_from(*t, op, name, 0);
+    require_f32(*t, op, name, "[rows, num_heads]", {{s.rows, "out_a's rows"}, {s.num_heads, "out_a's num_heads"}},
+                s.device, "out_a");
   }
   return s;
 }
