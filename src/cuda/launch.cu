@@ -10,7 +10,7 @@
 #endif
 
 #include <algorithm>
-#include <mutex>
+#include <atomic>
 #include <string>
 
 #include "core/check.h"
@@ -63,33 +63,47 @@ const std::vector<KernelSpec>& kernel_specs() {
 }
 
 namespace {
-std::mutex g_kernel_mu;
-std::string g_forced;  // guarded by g_kernel_mu
-std::string g_last;    // guarded by g_kernel_mu
+// The pinned kernel and the last one launched: entries of kernel_specs() (a static table, so
+// the pointers stay valid), nullptr for none. Atomics: choose_kernel and every launch read or
+// write them, so they cost no lock and no string copy on the call path.
+std::atomic<const KernelSpec*> g_forced{nullptr};
+std::atomic<const KernelSpec*> g_last{nullptr};
+
+const KernelSpec* find_spec(const std::string& name) {
+  for (const auto& k : kernel_specs())
+    if (name == k.name) return &k;
+  return nullptr;
+}
+/// The kernel of the registry with these rows per CTA on CUDA or tensor cores.
+const KernelSpec& spec_with(bool tensor_cores, int rows_per_cta) {
+  for (const auto& k : kernel_specs())
+    if (k.tensor_cores == tensor_cores && k.rows_per_cta == rows_per_cta) return k;
+  fail(ErrorCode::kBackendError, "kernel registry: no ", tensor_cores ? "tensor-core" : "CUDA-core", " kernel with ",
+       rows_per_cta, " rows per CTA");
+}
 }  // namespace
 
 void force_kernel(const std::string& name) {
+  const KernelSpec* spec = nullptr;
   if (!name.empty()) {
-    bool known = false;
-    std::string names;
-    for (const auto& k : kernel_specs()) {
-      known = known || name == k.name;
-      names += cat(names.empty() ? "" : ", ", k.name);
+    spec = find_spec(name);
+    if (spec == nullptr) {
+      std::string names;
+      for (const auto& k : kernel_specs()) names += cat(names.empty() ? "" : ", ", k.name);
+      fail(ErrorCode::kInvalidArgument, "force_kernel: unknown kernel '", name, "'; kernels: ", names);
     }
-    if (!known) fail(ErrorCode::kInvalidArgument, "force_kernel: unknown kernel '", name, "'; kernels: ", names);
   }
-  std::lock_guard<std::mutex> lock(g_kernel_mu);
-  g_forced = name;
+  g_forced.store(spec);
 }
 
 std::string forced_kernel() {
-  std::lock_guard<std::mutex> lock(g_kernel_mu);
-  return g_forced;
+  const KernelSpec* k = g_forced.load();
+  return k != nullptr ? k->name : "";
 }
 
 std::string last_kernel() {
-  std::lock_guard<std::mutex> lock(g_kernel_mu);
-  return g_last;
+  const KernelSpec* k = g_last.load();
+  return k != nullptr ? k->name : "";
 }
 
 std::string kernel_unsupported_reason(const KernelSpec& spec, bool has_tensor_core_instance) {
@@ -102,42 +116,30 @@ std::string kernel_unsupported_reason(const KernelSpec& spec, bool has_tensor_co
 std::string kernel_unsupported_reason(const std::string& name, DType dtype, CacheDType cache, int head_size) {
   try {
     const AttentionInstance& inst = find_instance(dtype, cache, head_size);
-    for (const auto& k : kernel_specs())
-      if (name == k.name) return kernel_unsupported_reason(k, PAGEDATTN_TENSOR_CORES && inst.launch_mma != nullptr);
-    return cat("unknown kernel '", name, "'");
+    const KernelSpec* k = find_spec(name);
+    if (k == nullptr) return cat("unknown kernel '", name, "'");
+    return kernel_unsupported_reason(*k, PAGEDATTN_TENSOR_CORES && inst.launch_mma != nullptr);
   } catch (const Error& e) {
     return e.what();
   }
 }
 
 void KernelChoice::launch(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) const {
-  {
-    std::lock_guard<std::mutex> lock(g_kernel_mu);
-    g_last = spec->name;
-  }
+  g_last.store(spec);
   if (mma) return inst->launch_mma(kp, grid, stream);
   inst->launch(kp, heads, grid, stream);
 }
-
-namespace {
-const KernelSpec& spec_named(const std::string& name) {
-  for (const auto& k : kernel_specs())
-    if (name == k.name) return k;
-  fail(ErrorCode::kInvalidArgument, "unknown kernel '", name, "'");
-}
-}  // namespace
 
 KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& s) {
   KernelChoice k{};
   k.inst = &find_instance(s.dtype, p.kv_cache_dtype, s.head_size);
   const long long rows = static_cast<long long>(s.max_q_len) * s.group_size();  // query rows of one kv head
   const bool has_mma = PAGEDATTN_TENSOR_CORES && k.inst->launch_mma != nullptr;
-  const std::string forced = forced_kernel();
-  if (!forced.empty()) {
-    k.spec = &spec_named(forced);
+  if (const KernelSpec* forced = g_forced.load()) {
+    k.spec = forced;
     const std::string why = kernel_unsupported_reason(*k.spec, has_mma);
     if (!why.empty())
-      fail(ErrorCode::kUnsupported, "forced kernel ", forced, " cannot run query dtype ", dtype_name(s.dtype),
+      fail(ErrorCode::kUnsupported, "forced kernel ", forced->name, " cannot run query dtype ", dtype_name(s.dtype),
            ", kv_cache_dtype ", cache_dtype_name(p.kv_cache_dtype), ", head_size ", s.head_size, ": ", why);
   } else {
     // Tensor cores where they measured faster on the H100 (docs/performance.md, v0.3): more
@@ -148,7 +150,7 @@ KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& 
     const bool fp8 = p.kv_cache_dtype != CacheDType::kAuto;
     const bool mma = has_mma && (rows > 4 || (fp8 && rows >= 2));
     const int cc_rows = rows <= 1 ? 1 : rows <= 2 ? 2 : (rows <= 4 || PAGEDATTN_MAX_HEADS_PER_CTA < 8) ? 4 : 8;
-    k.spec = &spec_named(mma ? "tensor_core_r8" : cat("cuda_core_r", cc_rows));
+    k.spec = &spec_with(mma, mma ? kMmaHeads : cc_rows);
   }
   k.mma = k.spec->tensor_cores;
   k.heads = k.spec->rows_per_cta;

@@ -5,6 +5,7 @@
 // without a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <sstream>
@@ -342,6 +343,41 @@ TEST(CudaVariants, CheckedModeCatchesBadQueryStartLoc) {
     b.params.max_query_len = 2;  // sequence 1 has 3
     expect_bad(b, "max_query_len is 2");
   }
+}
+
+}  // namespace
+}  // namespace pagedattn::test
+
+namespace pagedattn::test {
+namespace {
+
+// The kernel registry's host side (no GPU needed): pinning, restoring, and the errors for a
+// name it does not know or an instance a kernel cannot run.
+TEST(KernelRegistry, ForceRestoreAndReasons) {
+  std::vector<std::string> names;
+  for (const auto& k : detail::cuda::kernel_specs()) names.push_back(k.name);
+  for (const char* want : {"cuda_core_r1", "cuda_core_r2", "cuda_core_r4", "tensor_core_r8"})
+    EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want << " missing from the registry";
+  EXPECT_EQ(detail::cuda::forced_kernel(), "");
+  {
+    detail::cuda::ScopedKernel outer("tensor_core_r8");
+    EXPECT_EQ(detail::cuda::forced_kernel(), "tensor_core_r8");
+    {
+      detail::cuda::ScopedKernel inner("cuda_core_r2");
+      EXPECT_EQ(detail::cuda::forced_kernel(), "cuda_core_r2");
+    }
+    EXPECT_EQ(detail::cuda::forced_kernel(), "tensor_core_r8");
+    expect_error([] { detail::cuda::force_kernel("cuda_core_r3"); }, ErrorCode::kInvalidArgument,
+                 {"unknown kernel 'cuda_core_r3'", "cuda_core_r1", "tensor_core_r8"});
+    EXPECT_EQ(detail::cuda::forced_kernel(), "tensor_core_r8") << "a refused name must not change the pin";
+  }
+  EXPECT_EQ(detail::cuda::forced_kernel(), "");
+  EXPECT_EQ(detail::cuda::kernel_unsupported_reason("cuda_core_r1", DType::kFloat16, CacheDType::kAuto, 128), "");
+  // float32 queries have no tensor-core instance (and a trimmed build may lack the float32 one)
+  EXPECT_NE(detail::cuda::kernel_unsupported_reason("tensor_core_r8", DType::kFloat32, CacheDType::kAuto, 128), "");
+  EXPECT_NE(detail::cuda::kernel_unsupported_reason("cuda_core_r3", DType::kFloat16, CacheDType::kAuto, 128)
+                .find("unknown kernel"),
+            std::string::npos);
 }
 
 }  // namespace
