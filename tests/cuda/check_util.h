@@ -54,6 +54,12 @@ inline ::testing::AssertionResult close(const std::vector<double>& got, const st
                                        << worst << ", atol " << tol.atol << " rtol " << tol.rtol << ")";
 }
 
+/// Short names of a dtype and a cache dtype, for parameterised test names.
+inline const char* dtype_tag(DType t) { return t == DType::kFloat32 ? "f32" : t == DType::kFloat16 ? "f16" : "bf16"; }
+inline const char* cache_tag(CacheDType c) {
+  return c == CacheDType::kAuto ? "auto" : c == CacheDType::kFp8E4M3 ? "e4m3" : "e5m2";
+}
+
 /// The registry's kernels that the problem's instance has in this build (each is run on purpose).
 inline std::vector<std::string> kernels_for(const HostProblem& h) {
   std::vector<std::string> r;

@@ -113,8 +113,6 @@ void check_all_paths(const HostProblem& h) {
   }
 }
 
-const char* dtype_tag(DType t) { return t == DType::kFloat32 ? "f32" : t == DType::kFloat16 ? "f16" : "bf16"; }
-const char* cache_tag(CacheDType c) { return c == CacheDType::kAuto ? "auto" : c == CacheDType::kFp8E4M3 ? "e4m3" : "e5m2"; }
 
 // ---------------------------------------------------------------------------------------
 // Every combination of SPEC §4: dtype x cache dtype x block size x head size x sparse.

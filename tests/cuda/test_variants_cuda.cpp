@@ -19,8 +19,6 @@
 namespace pagedattn::test {
 namespace {
 
-const char* dtype_tag(DType t) { return t == DType::kFloat32 ? "f32" : t == DType::kFloat16 ? "f16" : "bf16"; }
-const char* cache_tag(CacheDType c) { return c == CacheDType::kAuto ? "auto" : c == CacheDType::kFp8E4M3 ? "e4m3" : "e5m2"; }
 
 enum Variant { kWindow, kSoftCap, kMultiToken, kLse, kHeadScales, kAll };
 const char* variant_tag(int v) {
