@@ -4,7 +4,11 @@
 //   cuda_core_r1 / _r2 / _r4: the CUDA-core kernel (attention_kernel.cuh) with 1, 2 or 4 query
 //                             rows per CTA (every instance);
 //   tensor_core_r8:           the tensor-core kernel (attention_mma.cuh), 8 rows per CTA
-//                             (float16/bfloat16 queries, head_size <= 128).
+//                             (float16/bfloat16 queries, head_size <= 128);
+//   hopper_bulk_r8:          the Hopper producer/consumer kernel (attention_bulk.cuh): bulk
+//                             copies of whole pages into a shared-memory ring, tensor cores,
+//                             8 rows per CTA (float16/bfloat16 queries, every head size; a
+//                             device of compute capability 9.0 or newer).
 // A CTA's rows are (query token x head) of one kv head's GQA group; a call needs
 // ceil(rows / rows_per_cta) CTAs per (sequence, kv head, split). The auto rule picks one;
 // force_kernel() pins one (tests run every kernel on purpose; the benchmark compares them).
@@ -22,6 +26,8 @@ struct KernelSpec {
   int rows_per_cta;
   int tile_tokens;  ///< tokens a warp streams per step
   bool tensor_cores;
+  bool bulk_copy;  ///< the Hopper kernel: needs min_sm
+  int min_sm;      ///< lowest compute capability (10 * major + minor) it runs on; 0: any
 };
 
 /// Every kernel of the registry, in the auto rule's order of preference among equals.
@@ -35,10 +41,12 @@ std::string forced_kernel();
 /// Name of the kernel the last attention launch of this process ran ("" before any).
 std::string last_kernel();
 
-/// Why `spec` cannot run an instance (empty: it can): the instance lacks it in this build.
-std::string kernel_unsupported_reason(const KernelSpec& spec, bool has_tensor_core_instance);
-/// The same for the instance (query dtype, cache dtype, head size); also names an instance
-/// this build does not hold at all.
+/// Why `spec` cannot run an instance (empty: it can): the instance lacks it in this build, or
+/// the device (compute capability `device_sm` = 10 * major + minor; < 0: no device) is too old.
+std::string kernel_unsupported_reason(const KernelSpec& spec, bool has_tensor_core_instance, bool has_bulk_instance,
+                                      int device_sm);
+/// The same for the instance (query dtype, cache dtype, head size) on the current device; also
+/// names an instance this build does not hold at all.
 std::string kernel_unsupported_reason(const std::string& name, DType dtype, CacheDType cache, int head_size);
 /// RAII: pins a kernel for a scope (tests), restoring the previous choice.
 class ScopedKernel {

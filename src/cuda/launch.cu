@@ -14,6 +14,7 @@
 #include <string>
 
 #include "core/check.h"
+#include "cuda/attention_bulk.cuh"
 #include "cuda/common.cuh"
 
 namespace pagedattn::detail::cuda {
@@ -40,24 +41,38 @@ const AttentionInstance& find_instance(DType dtype, CacheDType cache, int head_s
 
 namespace {
 int sm_count(int device) {
-  static int cached[64] = {0};
-  if (device >= 0 && device < 64 && cached[device] > 0) return cached[device];
+  static std::atomic<int> cached[64] = {};
+  if (device >= 0 && device < 64 && cached[device].load() > 0) return cached[device].load();
   int n = 0;
   check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute(SM count)");
-  if (device >= 0 && device < 64) cached[device] = n;
+  if (device >= 0 && device < 64) cached[device].store(n);
   return n;
 }
 }  // namespace
 
+int device_sm(int device) {
+  static std::atomic<int> cached[64] = {};
+  if (device >= 0 && device < 64 && cached[device].load() > 0) return cached[device].load();
+  int major = 0, minor = 0;
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+             "cudaDeviceGetAttribute(compute capability)");
+  check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device),
+             "cudaDeviceGetAttribute(compute capability)");
+  const int sm = 10 * major + minor;
+  if (device >= 0 && device < 64) cached[device].store(sm);
+  return sm;
+}
+
 const std::vector<KernelSpec>& kernel_specs() {
   static const std::vector<KernelSpec> specs = {
-      {"cuda_core_r1", 1, kSpanAlign, false},
-      {"cuda_core_r2", 2, kSpanAlign, false},
-      {"cuda_core_r4", 4, kSpanAlign, false},
+      {"cuda_core_r1", 1, kSpanAlign, false, false, 0},
+      {"cuda_core_r2", 2, kSpanAlign, false, false, 0},
+      {"cuda_core_r4", 4, kSpanAlign, false, false, 0},
 #if PAGEDATTN_MAX_HEADS_PER_CTA >= 8
-      {"cuda_core_r8", 8, kSpanAlign, false},
+      {"cuda_core_r8", 8, kSpanAlign, false, false, 0},
 #endif
-      {"tensor_core_r8", kMmaHeads, kSpanAlign, true},
+      {"tensor_core_r8", kMmaHeads, kSpanAlign, true, false, 0},
+      {"hopper_bulk_r8", kBulkRows, kStageTokens, true, true, 90},
   };
   return specs;
 }
@@ -75,9 +90,9 @@ const KernelSpec* find_spec(const std::string& name) {
   return nullptr;
 }
 /// The kernel of the registry with these rows per CTA on CUDA or tensor cores.
-const KernelSpec& spec_with(bool tensor_cores, int rows_per_cta) {
+const KernelSpec& spec_with(bool tensor_cores, bool bulk_copy, int rows_per_cta) {
   for (const auto& k : kernel_specs())
-    if (k.tensor_cores == tensor_cores && k.rows_per_cta == rows_per_cta) return k;
+    if (k.tensor_cores == tensor_cores && k.bulk_copy == bulk_copy && k.rows_per_cta == rows_per_cta) return k;
   fail(ErrorCode::kBackendError, "kernel registry: no ", tensor_cores ? "tensor-core" : "CUDA-core", " kernel with ",
        rows_per_cta, " rows per CTA");
 }
@@ -106,10 +121,21 @@ std::string last_kernel() {
   return k != nullptr ? k->name : "";
 }
 
-std::string kernel_unsupported_reason(const KernelSpec& spec, bool has_tensor_core_instance) {
-  if (spec.tensor_cores && !has_tensor_core_instance)
+std::string kernel_unsupported_reason(const KernelSpec& spec, bool has_tensor_core_instance, bool has_bulk_instance,
+                                      int device_sm) {
+  if (spec.bulk_copy) {
+    if (!has_bulk_instance)
+      return cat(spec.name, " needs float16/bfloat16 queries (and a build with PAGEDATTN_BULK_COPY=ON)");
+  } else if (spec.tensor_cores && !has_tensor_core_instance) {
     return cat(spec.name, " needs float16/bfloat16 queries and head_size <= 128 (and a build with "
                "PAGEDATTN_TENSOR_CORES=ON)");
+  }
+  if (spec.min_sm > 0 && device_sm < spec.min_sm) {
+    if (device_sm < 0) return cat(spec.name, " needs a GPU of compute capability ", spec.min_sm / 10, ".", spec.min_sm % 10,
+                                  " or newer; no CUDA device is present");
+    return cat(spec.name, " needs a GPU of compute capability ", spec.min_sm / 10, ".", spec.min_sm % 10,
+               " or newer (bulk copies and mbarriers); this device is ", device_sm / 10, ".", device_sm % 10);
+  }
   return {};
 }
 
@@ -118,7 +144,14 @@ std::string kernel_unsupported_reason(const std::string& name, DType dtype, Cach
     const AttentionInstance& inst = find_instance(dtype, cache, head_size);
     const KernelSpec* k = find_spec(name);
     if (k == nullptr) return cat("unknown kernel '", name, "'");
-    return kernel_unsupported_reason(*k, PAGEDATTN_TENSOR_CORES && inst.launch_mma != nullptr);
+    int dev = 0, sm = -1;
+    if (cudaGetDevice(&dev) == cudaSuccess) {
+      int n = 0;
+      if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0) sm = device_sm(dev);
+    }
+    cudaGetLastError();  // a machine without a GPU leaves an error behind
+    return kernel_unsupported_reason(*k, PAGEDATTN_TENSOR_CORES && inst.launch_mma != nullptr,
+                                     inst.launch_bulk != nullptr, sm);
   } catch (const Error& e) {
     return e.what();
   }
@@ -126,6 +159,7 @@ std::string kernel_unsupported_reason(const std::string& name, DType dtype, Cach
 
 void KernelChoice::launch(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) const {
   g_last.store(spec);
+  if (bulk) return inst->launch_bulk(kp, grid, stream);
   if (mma) return inst->launch_mma(kp, grid, stream);
   inst->launch(kp, heads, grid, stream);
 }
@@ -135,27 +169,40 @@ KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& 
   k.inst = &find_instance(s.dtype, p.kv_cache_dtype, s.head_size);
   const long long rows = static_cast<long long>(s.max_q_len) * s.group_size();  // query rows of one kv head
   const bool has_mma = PAGEDATTN_TENSOR_CORES && k.inst->launch_mma != nullptr;
+  const bool has_bulk = k.inst->launch_bulk != nullptr;
+  const int sm = device_sm(s.device.index);
   if (const KernelSpec* forced = g_forced.load()) {
     k.spec = forced;
-    const std::string why = kernel_unsupported_reason(*k.spec, has_mma);
+    const std::string why = kernel_unsupported_reason(*k.spec, has_mma, has_bulk, sm);
     if (!why.empty())
       fail(ErrorCode::kUnsupported, "forced kernel ", forced->name, " cannot run query dtype ", dtype_name(s.dtype),
            ", kv_cache_dtype ", cache_dtype_name(p.kv_cache_dtype), ", head_size ", s.head_size, ": ", why);
   } else {
-    // Tensor cores where they measured faster on the H100 (docs/performance.md, v0.3): more
-    // than 4 rows (the CUDA-core kernel splits them over several CTAs and runs out of issue
-    // slots) and fp8 caches with 2 or more (conversion + FMA bound on CUDA cores). MHA and
-    // 16-bit caches with up to 4 rows stay on the CUDA-core kernel, which reads them at
-    // 91-102% of copy.
+    // Measured on the H200 (docs/performance.md, v0.5): on sm_90 the bulk-copy kernel is
+    // the fastest or equal on every case with 2 or more rows (GQA groups, several query
+    // tokens; +5-45% over the other kernels, fp8 included, heads 192/256 and block sizes 8/32
+    // included) and on one-row fp8 caches with heads above 128; one-row fp8 caches up to head
+    // 128 run fastest on the tensor-core kernel, one-row 16-bit caches on the CUDA-core kernel
+    // (equal to the bulk-copy kernel, fewer resources). Before sm_90 (the H100's v0.3
+    // measurements): tensor cores for more than 4 rows and for fp8 caches with 2 or more, the
+    // CUDA-core kernel otherwise (91-102% of copy on MHA and 16-bit caches up to 4 rows).
     const bool fp8 = p.kv_cache_dtype != CacheDType::kAuto;
-    const bool mma = has_mma && (rows > 4 || (fp8 && rows >= 2));
+    const bool hopper = has_bulk && sm >= 90;
+    bool bulk = false, mma = false;
+    if (hopper) {
+      mma = rows == 1 && fp8 && has_mma;
+      bulk = !mma && (rows >= 2 || fp8);
+    } else {
+      mma = has_mma && (rows > 4 || (fp8 && rows >= 2));
+    }
     const int cc_rows = rows <= 1 ? 1 : rows <= 2 ? 2 : (rows <= 4 || PAGEDATTN_MAX_HEADS_PER_CTA < 8) ? 4 : 8;
-    k.spec = &spec_with(mma, mma ? kMmaHeads : cc_rows);
+    k.spec = bulk ? &spec_with(true, true, kBulkRows) : &spec_with(mma, false, mma ? kMmaHeads : cc_rows);
   }
-  k.mma = k.spec->tensor_cores;
+  k.mma = k.spec->tensor_cores && !k.spec->bulk_copy;
+  k.bulk = k.spec->bulk_copy;
   k.heads = k.spec->rows_per_cta;
   k.head_tiles = static_cast<int>((rows + k.heads - 1) / k.heads);
-  k.ctas_per_sm = k.mma ? k.inst->mma_ctas_per_sm() : k.inst->ctas_per_sm(k.heads);
+  k.ctas_per_sm = k.bulk ? k.inst->bulk_ctas_per_sm() : k.mma ? k.inst->mma_ctas_per_sm() : k.inst->ctas_per_sm(k.heads);
   return k;
 }
 

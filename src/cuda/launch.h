@@ -22,6 +22,9 @@ struct AttentionInstance {
   /// Tensor-core path (float16/bfloat16 queries, head_size <= 128); nullptr elsewhere.
   void (*launch_mma)(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream);
   int (*mma_ctas_per_sm)();
+  /// Hopper bulk-copy path (float16/bfloat16 queries); nullptr elsewhere or when not built.
+  void (*launch_bulk)(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream);
+  int (*bulk_ctas_per_sm)();
 };
 
 /// Which kernel runs a call (kernel_registry.h): the tensor-core one where it is built and
@@ -32,6 +35,7 @@ struct KernelChoice {
   const AttentionInstance* inst;
   const KernelSpec* spec;
   bool mma;
+  bool bulk;
   int heads;        ///< query rows per CTA
   int head_tiles;   ///< CTAs along one (sequence, kv head): ceil(max_q_len * group / heads)
   int ctas_per_sm;  ///< occupancy, for the split planner
@@ -51,6 +55,13 @@ template <typename T, int C, int D>
 void launch_attention_mma(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream);
 template <typename T, int C, int D>
 int attention_mma_ctas_per_sm();
+template <typename T, int C, int D>
+void launch_attention_bulk(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream);
+template <typename T, int C, int D>
+int attention_bulk_ctas_per_sm();
+
+/// Compute capability of a device as 10 * major + minor (cached per device).
+int device_sm(int device);
 
 /// The split planner's inputs for a call on the CUDA backend (the SM count of its device and
 /// the occupancy of the chosen kernel); the plan itself is core/split_plan.h.

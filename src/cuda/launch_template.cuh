@@ -4,6 +4,7 @@
 
 #include <mutex>
 
+#include "cuda/attention_bulk.cuh"
 #include "cuda/attention_kernel.cuh"
 #include "cuda/attention_mma.cuh"
 #include "cuda/launch.h"
@@ -45,24 +46,24 @@ void prepare_kernel() {
   }
 }
 
-/// CTAs of Kernel resident per SM of the current device (at least 1).
-template <auto Kernel, int kSmemBytes>
+/// CTAs of Kernel (kBlock threads) resident per SM of the current device (at least 1).
+template <auto Kernel, int kSmemBytes, int kBlock = kThreads>
 int resident_ctas() {
   static std::once_flag once[kMaxDevices];
   static int ctas[kMaxDevices];
   return once_per_device(once, ctas, [] {
     prepare_kernel<Kernel, kSmemBytes>();
     int n = 0;
-    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, Kernel, kThreads, kSmemBytes),
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, Kernel, kBlock, kSmemBytes),
                "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
     return n > 0 ? n : 1;
   });
 }
 
-template <auto Kernel, int kSmemBytes>
+template <auto Kernel, int kSmemBytes, int kBlock = kThreads>
 void launch_kernel(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream, const char* name) {
   prepare_kernel<Kernel, kSmemBytes>();
-  Kernel<<<grid, kThreads, kSmemBytes, stream>>>(kp);
+  Kernel<<<grid, kBlock, kSmemBytes, stream>>>(kp);
   check_launch(name);
 }
 
@@ -97,6 +98,23 @@ template <typename T, int C, int D>
 int attention_mma_ctas_per_sm() {
   constexpr CacheKind kind = static_cast<CacheKind>(C);
   return resident_ctas<paged_attention_mma_kernel<T, kind, D, false>, MmaTraits<T, kind, D>::kSmemBytes>();
+}
+
+template <typename T, int C, int D>
+void launch_attention_bulk(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
+  constexpr CacheKind kind = static_cast<CacheKind>(C);
+  constexpr int smem = BulkTraits<T, kind, D>::kSmemBytes;
+  if (needs_variant_kernel(kp))
+    return launch_kernel<paged_attention_bulk_kernel<T, kind, D, true>, smem, kBulkThreads>(
+        kp, grid, stream, "paged_attention_bulk_kernel launch");
+  launch_kernel<paged_attention_bulk_kernel<T, kind, D, false>, smem, kBulkThreads>(kp, grid, stream,
+                                                                                  "paged_attention_bulk_kernel launch");
+}
+
+template <typename T, int C, int D>
+int attention_bulk_ctas_per_sm() {
+  constexpr CacheKind kind = static_cast<CacheKind>(C);
+  return resident_ctas<paged_attention_bulk_kernel<T, kind, D, false>, BulkTraits<T, kind, D>::kSmemBytes, kBulkThreads>();
 }
 
 template <typename T, int C, int D>

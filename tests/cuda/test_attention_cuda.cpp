@@ -244,6 +244,27 @@ TEST(CudaAttention, MixedLengthsBatch) {
   check_all_paths(build_problem(c, rng));
 }
 
+// A larger problem (hundreds of CTAs, each streaming dozens of ring stages): every kernel,
+// forced, under load. The Hopper kernel's ring once let a consumer warp pass a slot's barrier
+// one phase early; small problems did not show it, this size of load did (on the H200).
+TEST(CudaAttention, ManyStagesUnderLoad) {
+  PAGEDATTN_REQUIRE_GPU();
+  PAGEDATTN_TEST_RNG(rng);
+  for (CacheDType cache : {CacheDType::kAuto, CacheDType::kFp8E4M3}) {
+    SCOPED_TRACE(cache_tag(cache));
+    ProblemConfig c;
+    c.dtype = DType::kFloat16;
+    c.kv_cache_dtype = cache;
+    c.head_size = 128;
+    c.num_heads = 32;
+    c.num_kv_heads = 8;
+    c.num_seqs = 24;
+    c.min_len = 1500;
+    c.max_len = 3000;
+    check_all_paths(build_problem(c, rng));
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // Checked mode: bad data becomes an error naming the entry, and out stays untouched.
 // ---------------------------------------------------------------------------------------

@@ -354,7 +354,7 @@ namespace {
 TEST(KernelRegistry, ForceRestoreAndReasons) {
   std::vector<std::string> names;
   for (const auto& k : detail::cuda::kernel_specs()) names.push_back(k.name);
-  for (const char* want : {"cuda_core_r1", "cuda_core_r2", "cuda_core_r4", "tensor_core_r8"})
+  for (const char* want : {"cuda_core_r1", "cuda_core_r2", "cuda_core_r4", "tensor_core_r8", "hopper_bulk_r8"})
     EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want << " missing from the registry";
   EXPECT_EQ(detail::cuda::forced_kernel(), "");
   {
@@ -376,6 +376,23 @@ TEST(KernelRegistry, ForceRestoreAndReasons) {
   EXPECT_NE(detail::cuda::kernel_unsupported_reason("cuda_core_r3", DType::kFloat16, CacheDType::kAuto, 128)
                 .find("unknown kernel"),
             std::string::npos);
+  // the Hopper kernel: 16-bit queries only, and a device of compute capability 9.0 or newer
+  EXPECT_NE(detail::cuda::kernel_unsupported_reason("hopper_bulk_r8", DType::kFloat32, CacheDType::kAuto, 128), "");
+  const detail::cuda::KernelSpec* hopper = nullptr;
+  for (const auto& k : detail::cuda::kernel_specs())
+    if (std::string(k.name) == "hopper_bulk_r8") hopper = &k;
+  ASSERT_NE(hopper, nullptr) << "hopper_bulk_r8 missing from the registry";
+  EXPECT_EQ(hopper->min_sm, 90);
+  EXPECT_EQ(detail::cuda::kernel_unsupported_reason(*hopper, false, true, 90), "");
+  EXPECT_EQ(detail::cuda::kernel_unsupported_reason(*hopper, false, true, 100), "");
+  EXPECT_NE(detail::cuda::kernel_unsupported_reason(*hopper, true, false, 90).find("PAGEDATTN_BULK_COPY"),
+            std::string::npos);
+  EXPECT_NE(detail::cuda::kernel_unsupported_reason(*hopper, true, true, 89).find("this device is 8.9"),
+            std::string::npos);
+  EXPECT_NE(detail::cuda::kernel_unsupported_reason(*hopper, true, true, -1).find("no CUDA device"), std::string::npos);
+  // the older kernels run on any device the build targets
+  for (const auto& k : detail::cuda::kernel_specs())
+    if (!k.bulk_copy) EXPECT_EQ(detail::cuda::kernel_unsupported_reason(k, true, true, 80), "") << k.name;
 }
 
 }  // namespace

@@ -1,0 +1,476 @@
+// Hopper (sm_90) producer/consumer paged-attention kernel: whole cache pages stream into a
+// multi-stage shared-memory ring by bulk copies (cp.async.bulk, completion counted in bytes
+// on an mbarrier), and four consumer warps run both products on tensor cores.
+//
+// Work split: the same CTAs as the other kernels (cta_work: sequence, kv head, a tile of
+// query rows, split), 8 rows per CTA (query token x head of the GQA group), so one read of
+// each page serves every row of a kv head up to 8.
+//
+// Warp 4 is the producer. For stage s (32 tokens = kSpanAlign, 1-4 pages) it waits until the
+// slot is free, reads the block table, and issues one bulk copy for a page's keys
+// ([head_size/x, block_size, x], contiguous per kv head) and one for its values
+// ([head_size, block_size]); pages no row attends are not copied. kStages slots of ~8-32 KB
+// keep 64-128 KB per CTA in flight without any register staging.
+//
+// Consumer warp w takes stages w, w+4, ...: it waits on the slot's full barrier, computes,
+// transposed so the rows are the narrow n dimension (an m of 16 rows would double the mma
+// work, and mma.sync throughput is what bounds a consumer warp: measured on the H200),
+//   S^T[32 tokens x 8 rows] = K . Q^T                     (2 m-tiles of 16 tokens)
+//   O^T[d x 8 rows]        += V^T . P^T                   (P^T from S^T by 4 shuffles a step)
+// with mma.sync m16n8k16 (float32 accumulation), an online softmax per row, and releases the
+// slot. Keys and values are read with ldmatrix from the page layout as copied (16-bit caches:
+// a 16-byte key chunk is one matrix row, a value row of 8 tokens another), or with 32/16-bit
+// shared loads and the hardware fp8 pair conversion (fp8 caches; the queries' dims are stored
+// permuted within each 16-dim group so one 32-bit key load is one k-step's operand pair).
+// The four warps' states merge in a fixed order through write_merged (deterministic).
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/attention_mma.cuh"
+
+namespace pagedattn::detail::cuda {
+
+inline constexpr int kBulkRows = kMmaHeads;  ///< query rows per CTA (mma n)
+inline constexpr int kBulkConsumers = 4;   ///< consumer warps (write_merged merges kWarps states)
+inline constexpr int kBulkThreads = (kBulkConsumers + 1) * 32;
+inline constexpr int kStageTokens = 32;    ///< tokens per ring stage
+inline constexpr int kBulkRingTarget = 96 * 1024;
+static_assert(kStageTokens == kSpanAlign, "a split starts on a stage boundary");
+static_assert(kBulkConsumers == kWarps, "write_merged merges kWarps warp states");
+
+template <typename T, CacheKind C, int D>
+struct BulkTraits {
+  using CacheT = typename CacheElem<T, C>::type;
+  static constexpr int kElem = static_cast<int>(sizeof(CacheT));
+  static constexpr int kE = 16 / kElem;                 ///< cache elements per 16-byte key chunk
+  static constexpr int kChunks = (D + kE - 1) / kE;     ///< key chunks per token
+  static constexpr int kKSteps = (D + 15) / 16;         ///< mma k-steps of QK
+  static constexpr int kDTiles = (D + 15) / 16;         ///< 16-dim m-tiles of the output
+  static_assert(D % 8 == 0, "head sizes are multiples of 8");
+  static constexpr int kKStageBytes = kChunks * 16 * kStageTokens;
+  static constexpr int kVStageBytes = D * kElem * kStageTokens;
+  static constexpr int kStageBytes = (kKStageBytes + kVStageBytes + 127) / 128 * 128;
+  /// A multiple of the consumer count: stage s uses slot s % kStages and is consumed by warp
+  /// s % 4, so every slot belongs to one warp. Otherwise a warp could wait on a slot's full
+  /// barrier one phase ahead of the warp still reading it, and the parity wait would pass at
+  /// once (measured: with 6 slots, unspecified launch failures on the H200).
+  static constexpr int kStagesWanted = kBulkRingTarget / kStageBytes / kBulkConsumers * kBulkConsumers;
+  static constexpr int kStages = kStagesWanted < 4 ? 4 : kStagesWanted > 12 ? 12 : kStagesWanted;
+  static_assert(kStages % kBulkConsumers == 0, "each ring slot must belong to one consumer warp");
+  static constexpr int kRingBytes = kStages * kStageBytes;
+  /// queries [8 rows][kQPitch] in T; +8 elements so the 8 rows' fragment loads hit distinct banks
+  static constexpr int kQPitch = kKSteps * 16 + 8;
+  static constexpr int kQBytes = (kBulkRows * kQPitch * 2 + 15) / 16 * 16;
+  static constexpr int kBarOffset = kRingBytes + kQBytes;
+  static constexpr int kSmemBytes = kBarOffset + kStages * (8 + 8) + kStages * 4;
+  /// the epilogue's merge buffers alias the ring
+  static constexpr int kRedBytes = 4 * (kWarps * kBulkRows * D + 2 * kWarps * kBulkRows);
+  static_assert(kRedBytes <= kRingBytes, "merge buffers must fit in the ring");
+};
+
+__device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void mbar_init(std::uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(std::uint32_t bar, std::uint32_t parity) {
+  std::uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+__device__ __forceinline__ void mbar_arrive(std::uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+/// Bulk copy of `bytes` (multiple of 16, both addresses 16-byte aligned) global -> shared,
+/// counted on `bar`; `policy` is an L2 cache policy (evict-first for a stream read once).
+__device__ __forceinline__ void bulk_copy(std::uint32_t dst, const void* src, std::uint32_t bytes, std::uint32_t bar,
+                                          std::uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::"r"(dst),
+      "l"(src), "r"(bytes), "r"(bar), "l"(policy)
+      : "memory");
+}
+#endif
+
+__device__ __forceinline__ void ldsm_x4(std::uint32_t addr, std::uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ std::uint32_t lds_u32(std::uint32_t addr) {
+  std::uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  return v;
+}
+__device__ __forceinline__ std::uint32_t lds_u16(std::uint32_t addr) {
+  unsigned short v;
+  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(addr));
+  return v;
+}
+/// Named barrier of the consumer warps (the producer warp has left).
+__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kBulkConsumers * 32) : "memory"); }
+
+/// Mask of the 16-bit halves of a pair register: tokens (lo, hi) kept when valid.
+__device__ __forceinline__ std::uint32_t half_mask(bool lo, bool hi) {
+  return (lo ? 0x0000ffffu : 0u) | (hi ? 0xffff0000u : 0u);
+}
+
+/// Whether some active row of the CTA attends a token of the page [first, last] (inclusive)
+/// inside the split: the producer copies only those pages.
+template <bool kVar>
+__device__ __forceinline__ bool page_attended(const AttentionKernelParams& p, const CtaWork& w, int first, int last) {
+  const bool ranges = kVar && p.rows_vary;
+  if (!ranges && !p.rule.sparse) return true;
+  for (int i = 0; i < w.nr; ++i) {
+    const int pos = kVar ? w.pos(i) : w.seq_len - 1;
+    if (ranges && (pos < first || p.rule.first_token(pos) > last)) continue;
+    if (p.rule.sparse && !p.rule.block_attended(pos, w.head(i), w.kv_head, first)) continue;
+    return true;
+  }
+  return false;
+}
+
+template <typename T, CacheKind C, int D, bool kVar>
+__global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(const __grid_constant__ AttentionKernelParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using Tr = BulkTraits<T, C, D>;
+  constexpr int R = kBulkRows;
+  constexpr bool kFp8 = C != CacheKind::kSame;
+
+  const CtaWork work = cta_work<R>(p);
+  if (work.empty) return;
+  const int start = work.start, end = work.end;
+  const int nstages = (end - start + kStageTokens - 1) / kStageTokens;
+  const int bs = p.block_size, shift = p.block_shift;
+  const int k_page = Tr::kChunks * 16 * bs;  // bytes of one page's keys (one kv head)
+  const int v_page = D * Tr::kElem * bs;
+
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* q_s = reinterpret_cast<T*>(smem + Tr::kRingBytes);
+  std::uint64_t* full = reinterpret_cast<std::uint64_t*>(smem + Tr::kBarOffset);
+  std::uint64_t* empty = full + Tr::kStages;
+  unsigned* copied_s = reinterpret_cast<unsigned*>(empty + Tr::kStages);  // pages copied per slot
+  const std::uint32_t ring = smem_u32(smem);
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+
+  if (tid == 0) {
+    for (int i = 0; i < Tr::kStages; ++i) {
+      mbar_init(smem_u32(full + i), 1);   // the producer's arrive (+ the copies' bytes)
+      mbar_init(smem_u32(empty + i), 1);  // the consuming warp's release
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  // Queries as T (exact), unscaled, zero in padding rows and dims. fp8 caches: dims permuted
+  // within each 16-dim group so that element k of the group holds dim pi(k), pi(2j+e) = 4j+e,
+  // pi(8+2j+e) = 4j+2+e: the order one 32-bit load of 4 fp8 key bytes produces.
+  {
+    const T* qg = static_cast<const T*>(p.query);
+    for (int i = tid; i < R * Tr::kQPitch; i += kBulkThreads) {
+      const int row = i / Tr::kQPitch, c = i % Tr::kQPitch;
+      int d = c;
+      if constexpr (kFp8) {
+        const int k = c & 15, j = (k & 7) >> 1;
+        d = (c & ~15) + 4 * j + (k >= 8 ? 2 : 0) + (k & 1);
+      }
+      T v = from_float<T>(0.0f);
+      if (row < work.nr && c < Tr::kKSteps * 16 && d < D)
+        v = qg[static_cast<std::int64_t>(work.qrow(row)) * p.q_stride + static_cast<std::int64_t>(work.head(row)) * D + d];
+      q_s[i] = v;
+    }
+  }
+  __syncthreads();
+
+  if (warp == kBulkConsumers) {  // ---------------------------------------------- producer
+    const std::int32_t* bt = p.block_tables + static_cast<std::int64_t>(work.seq) * p.bt_stride;
+    const unsigned char* kg = static_cast<const unsigned char*>(p.key_cache) +
+                              static_cast<std::int64_t>(work.kv_head) * p.k_head_stride * Tr::kElem;
+    const unsigned char* vg = static_cast<const unsigned char*>(p.value_cache) +
+                              static_cast<std::int64_t>(work.kv_head) * p.v_head_stride * Tr::kElem;
+    std::uint64_t policy;
+    if (p.row_tiles > 1)  // other CTAs read the same pages: keep them in L2
+      asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
+    else
+      asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+    const int pages = kStageTokens >> shift;
+    for (int s = 0; s < nstages; ++s) {
+      const int slot = s % Tr::kStages;
+      if (s >= Tr::kStages) mbar_wait(smem_u32(empty + slot), ((s / Tr::kStages) - 1) & 1);
+      const int first = start + s * kStageTokens + lane * bs;
+      bool need = false;
+      int page = 0;
+      if (lane < pages && first < end) {
+        need = page_attended<kVar>(p, work, first, min(first + bs, end) - 1);
+        if (need) page = bt[first >> shift];
+      }
+      const unsigned mask = __ballot_sync(0xffffffffu, need);
+      if (lane == 0) {
+        copied_s[slot] = mask;
+        mbar_arrive_expect_tx(smem_u32(full + slot), static_cast<std::uint32_t>(__popc(mask) * (k_page + v_page)));
+      }
+      __syncwarp();
+      if (need) {
+        const std::uint32_t dst = ring + slot * Tr::kStageBytes;
+        const std::uint32_t bar = smem_u32(full + slot);
+        bulk_copy(dst + lane * k_page, kg + static_cast<std::int64_t>(page) * p.k_block_stride * Tr::kElem, k_page, bar,
+                  policy);
+        bulk_copy(dst + Tr::kKStageBytes + lane * v_page, vg + static_cast<std::int64_t>(page) * p.v_block_stride * Tr::kElem,
+                  v_page, bar, policy);
+      }
+    }
+    return;
+  }
+
+  // ------------------------------------------------------------------------- consumers
+  const CtaScales scales = cta_scales(p, work.kv_head);
+  const int r = lane >> 2, q = lane & 3;  // fragment row group / column pair
+  const bool ranges = kVar && p.rows_vary;
+  const bool masked = ranges || p.rule.sparse;  // per-(row, token) masks beyond the split's end
+  // this lane's rows 2q and 2q + 1 (the n dimension of both products)
+  float slope[2];
+  int rpos[2], rlo[2], rhead[2];
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int row = 2 * q + e;
+    const bool active = row < work.nr;
+    rhead[e] = active ? work.head(row) : 0;
+    slope[e] = (p.alibi_slopes != nullptr && active) ? p.alibi_slopes[rhead[e]] : 0.0f;
+    rpos[e] = kVar ? (active ? work.pos(row) : work.seq_len - 1) : work.seq_len - 1;
+    rlo[e] = ranges ? p.rule.first_token(rpos[e]) : 0;
+  }
+  // Q^T operand (B of S^T = K . Q^T): row r, dims 16ks + 2q, +1 and 16ks + 8 + 2q, +1 (as stored)
+  std::uint32_t qb[Tr::kKSteps][2];
+  {
+    const std::uint32_t qrow = smem_u32(q_s) + (r * Tr::kQPitch + 2 * q) * 2;
+#pragma unroll
+    for (int ks = 0; ks < Tr::kKSteps; ++ks) {
+      qb[ks][0] = lds_u32(qrow + ks * 32);
+      qb[ks][1] = lds_u32(qrow + ks * 32 + 16);
+    }
+  }
+
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  float o[Tr::kDTiles][4];  // O^T: dims 16t + r (+8) x rows 2q, 2q + 1
+#pragma unroll
+  for (int t = 0; t < Tr::kDTiles; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+  const unsigned all_pages = (1u << (kStageTokens >> shift)) - 1u;
+  const int mi = lane >> 3, i8 = lane & 7;  // ldmatrix: matrix and row this lane addresses
+  // P^T operand sources: tokens 2q and 2q + 1 of a 16-token step sit in lanes 4 (2q) + r/2 and
+  // 4 (2q + 1) + r/2, as pairs of rows (r & ~1, r | 1): keep the half of row r
+  const int src0 = 8 * q + (r >> 1), src1 = src0 + 4;
+  const unsigned half_sel = (r & 1) ? 0x7632u : 0x5410u;
+
+  for (int s = warp; s < nstages; s += kBulkConsumers) {
+    const int slot = s % Tr::kStages;
+    mbar_wait(smem_u32(full + slot), (s / Tr::kStages) & 1);
+    const unsigned copied = copied_s[slot];
+    const int t0 = start + s * kStageTokens;
+    const int nvalid = min(kStageTokens, end - t0);
+    const bool whole = nvalid == kStageTokens && copied == all_pages;
+    const std::uint32_t kst = ring + slot * Tr::kStageBytes;
+    const std::uint32_t vst = kst + Tr::kKStageBytes;
+    auto tok_ok = [&](int tt) { return tt < nvalid && ((copied >> (tt >> shift)) & 1u); };
+
+    // ---- S^T = K . Q^T: m-tile mt = tokens 16mt.. (c0/c1: token 16mt + r, rows 2q, 2q + 1;
+    // c2/c3: token 16mt + r + 8)
+    float sacc[2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) sacc[mt][0] = sacc[mt][1] = sacc[mt][2] = sacc[mt][3] = 0.0f;
+    if constexpr (!kFp8) {
+      // ldmatrix.x4 per (m-tile, k-step): (tokens +0..7, chunk 2ks), (+8..15, 2ks),
+      // (+0..7, 2ks + 1), (+8..15, 2ks + 1) -> a0..a3; a matrix row is one 16-byte key chunk
+      std::uint32_t kaddr[2];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const int t = 16 * mt + 8 * (mi & 1) + i8;
+        kaddr[mt] = kst + (t >> shift) * k_page + (t & (bs - 1)) * 16 + (mi >> 1) * bs * 16;
+      }
+#pragma unroll
+      for (int ks = 0; ks < Tr::kKSteps; ++ks)
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          std::uint32_t a[4];
+          ldsm_x4(kaddr[mt] + 2 * ks * bs * 16, a);
+          if (2 * ks + 1 >= Tr::kChunks) a[2] = a[3] = 0u;  // head 120: no chunk 15 (compile time)
+          mma_16816<T>(sacc[mt], a, qb[ks][0], qb[ks][1]);
+        }
+    } else {
+      // one 32-bit load: fp8 dims 16ks + 4q.. of one token -> a0/a2 (token r) or a1/a3 (r + 8)
+      std::uint32_t kaddr[2][2];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int t = 16 * mt + 8 * hf + r;
+          kaddr[mt][hf] = kst + (t >> shift) * k_page + (t & (bs - 1)) * 16 + 4 * q;
+        }
+#pragma unroll
+      for (int ks = 0; ks < Tr::kKSteps; ++ks) {
+        const bool pad = 16 * ks + 4 * q >= D;  // padding dims of a partial last chunk (head 120)
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          std::uint32_t w0 = lds_u32(kaddr[mt][0] + ks * bs * 16);
+          std::uint32_t w1 = lds_u32(kaddr[mt][1] + ks * bs * 16);
+          if (16 * (ks + 1) > D && pad) w0 = w1 = 0u;
+          const std::uint32_t a[4] = {fp8x2_to_pair<T, C>(w0 & 0xffffu), fp8x2_to_pair<T, C>(w1 & 0xffffu),
+                                      fp8x2_to_pair<T, C>(w0 >> 16), fp8x2_to_pair<T, C>(w1 >> 16)};
+          mma_16816<T>(sacc[mt], a, qb[ks][0], qb[ks][1]);
+        }
+      }
+    }
+
+    // ---- online softmax of rows 2q + e; element 2mt + hf is token 16mt + 8hf + r
+    float pr[2][4];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int tt = 16 * mt + 8 * hf + r;
+          const int t = t0 + tt;
+          float v = row_logit<kVar>(p, sacc[mt][2 * hf + e] * scales.qk, slope[e], t, rpos[e]);
+          if (!whole || masked) {
+            bool ok = tok_ok(tt);
+            if (masked)
+              ok = ok && t >= rlo[e] && t <= rpos[e] &&
+                   (!p.rule.sparse || p.rule.block_attended(rpos[e], rhead[e], work.kv_head, (t >> shift) << shift));
+            if (!ok) v = -INFINITY;
+          }
+          pr[e][2 * mt + hf] = v;
+          mx = max_nan(mx, v);
+        }
+#pragma unroll
+      for (int off = 4; off < 32; off <<= 1) mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      const float m_new = max_nan(m[e], mx);
+      const float alpha = rescale(m[e], m_new);
+      float sum = 0.0f;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float pv = m_new == -INFINITY ? 0.0f : __expf(pr[e][k] - m_new);
+        pr[e][k] = pv;
+        sum += pv;
+      }
+      m[e] = m_new;
+      l[e] = l[e] * alpha + sum;  // lane-partial; reduced over the 8 lanes of the row at the end
+#pragma unroll
+      for (int t = 0; t < Tr::kDTiles; ++t) {
+        o[t][e] *= alpha;
+        o[t][2 + e] *= alpha;
+      }
+    }
+
+    // ---- O^T += V^T . P^T, two k-steps of 16 tokens
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {
+      // P^T operand by shuffles from S^T's layout: b0 = tokens 2q, 2q + 1 of row r, b1 = +8
+      const std::uint32_t lo = pack2<T>(pr[0][2 * kk], pr[1][2 * kk]);          // token 16kk + r
+      const std::uint32_t hi = pack2<T>(pr[0][2 * kk + 1], pr[1][2 * kk + 1]);  // token 16kk + r + 8
+      const std::uint32_t b0 = __byte_perm(__shfl_sync(0xffffffffu, lo, src0), __shfl_sync(0xffffffffu, lo, src1), half_sel);
+      const std::uint32_t b1 = __byte_perm(__shfl_sync(0xffffffffu, hi, src0), __shfl_sync(0xffffffffu, hi, src1), half_sel);
+      // values of tokens past the split or of pages not copied may hold anything (NaN): zero
+      // them (P is 0 there, but 0 * NaN is NaN)
+      std::uint32_t keep0 = 0xffffffffu, keep1 = 0xffffffffu;
+      if (!whole) {
+        const int tt = 16 * kk + 2 * q;
+        keep0 = half_mask(tok_ok(tt), tok_ok(tt + 1));
+        keep1 = half_mask(tok_ok(tt + 8), tok_ok(tt + 9));
+      }
+      if constexpr (!kFp8) {
+        // ldmatrix.x4 per 16 dims: (dims +0..7, tokens +0..7), (+8..15, +0..7), (+0..7, +8..15),
+        // (+8..15, +8..15) -> a0..a3; a matrix row is 8 tokens of one dim (16 bytes)
+        const int t = 16 * kk + 8 * (mi >> 1);
+        const std::uint32_t vaddr = vst + (t >> shift) * v_page + ((8 * (mi & 1) + i8) * bs + (t & (bs - 1))) * 2;
+#pragma unroll
+        for (int dt = 0; dt < Tr::kDTiles; ++dt) {
+          std::uint32_t a[4];
+          ldsm_x4(vaddr + dt * 16 * bs * 2, a);  // head 120: dims 120..127 read the next page (discarded)
+          a[0] &= keep0;
+          a[2] &= keep1;
+          if (16 * dt + 8 < D) {
+            a[1] &= keep0;
+            a[3] &= keep1;
+          } else {
+            a[1] = a[3] = 0u;
+          }
+          mma_16816<T>(o[dt], a, b0, b1);
+        }
+      } else {
+        // 16-bit loads: tokens 16kk + 2q, +1 (a0/a1) and 16kk + 8 + 2q, +1 (a2/a3) of dims
+        // 16dt + r (a0/a2) and 16dt + r + 8 (a1/a3)
+        const int ta = 16 * kk + 2 * q, tb = ta + 8;
+        const std::uint32_t va = vst + (ta >> shift) * v_page + r * bs + (ta & (bs - 1));
+        const std::uint32_t vb = vst + (tb >> shift) * v_page + r * bs + (tb & (bs - 1));
+#pragma unroll
+        for (int dt = 0; dt < Tr::kDTiles; ++dt) {
+          std::uint32_t a[4];
+          a[0] = fp8x2_to_pair<T, C>(lds_u16(va + dt * 16 * bs)) & keep0;
+          a[2] = fp8x2_to_pair<T, C>(lds_u16(vb + dt * 16 * bs)) & keep1;
+          if (16 * dt + 8 < D) {
+            a[1] = fp8x2_to_pair<T, C>(lds_u16(va + (dt * 16 + 8) * bs)) & keep0;
+            a[3] = fp8x2_to_pair<T, C>(lds_u16(vb + (dt * 16 + 8) * bs)) & keep1;
+          } else {
+            a[1] = a[3] = 0u;
+          }
+          mma_16816<T>(o[dt], a, b0, b1);
+        }
+      }
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(smem_u32(empty + slot));  // the slot may be refilled
+  }
+
+  // ---- merge the four consumer warps in a fixed order (deterministic)
+#pragma unroll
+  for (int e = 0; e < 2; ++e)
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) l[e] += __shfl_xor_sync(0xffffffffu, l[e], off);
+  consumers_sync();  // every stage consumed: every copy has landed, the ring is free
+  float* red_acc = reinterpret_cast<float*>(smem);  // [kWarps][R][D]
+  float* red_m = red_acc + kWarps * R * D;          // [kWarps][R]
+  float* red_l = red_m + kWarps * R;
+  if (r == 0) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      red_m[warp * R + 2 * q + e] = m[e];
+      red_l[warp * R + 2 * q + e] = l[e];
+    }
+  }
+  consumers_sync();
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const int row = 2 * q + e;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = max_nan(mx, red_m[w * R + row]);
+    const float f = m[e] == -INFINITY ? 0.0f : __expf(m[e] - mx);
+    float* dst = red_acc + (warp * R + row) * D + r;
+#pragma unroll
+    for (int t = 0; t < Tr::kDTiles; ++t) {
+      dst[16 * t] = o[t][e] * f;
+      if (16 * t + 8 < D) dst[16 * t + 8] = o[t][2 + e] * f;
+    }
+  }
+  consumers_sync();
+  write_merged<T, R, D>(p, work, red_acc, red_m, red_l, scales.v);
+#else
+  __trap();  // the registry launches this kernel on sm_90+ only
+#endif
+}
+
+}  // namespace pagedattn::detail::cuda
