@@ -4,6 +4,10 @@
 # executables (the device tool carries at most 64 MiB; python3's lzma unpacks them there):
 #   cuda_tests.xz  tests/cuda/pagedattn_cuda_tests of a full build
 #   bench_a.xz / bench_b.xz  (optional) two pagedattn-bench builds to A/B on AB_CASES
+#   bench.xz      (optional) pagedattn-bench: every registry kernel forced on KERNEL_CASES
+#                 (scripts/gpu_kernels.sh; default bench/ab/kernels.txt)
+# Steps (env): SMOKE_FILTER runs first (a quick gtest filter: stops a hung kernel early),
+# SKIP_SUITE=1 skips the full suite, PAGEDATTN_SANITIZER_TOOLS (default memcheck) on SAN_FILTER.
 #
 #   scripts/gpu_prebuilt.sh BIN_DIR OUT_DIR
 # Prepare: xz -9 -T2 -c BUILD/tests/cuda/pagedattn_cuda_tests > BIN_DIR/cuda_tests.xz (strip first).
@@ -17,12 +21,23 @@ for f in "$bin"/*.xz; do
 done
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee "$out/summary.txt"
 rc=0
+if [ -n "${SMOKE_FILTER:-}" ]; then
+  t0=$(date +%s)
+  timeout ${SMOKE_TIMEOUT:-120} /tmp/prebuilt/cuda_tests --gtest_filter="$SMOKE_FILTER" > "$out/smoke.log" 2>&1 || rc=1
+  echo "smoke ($(( $(date +%s) - t0 )) s, rc=$rc): $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' "$out/smoke.log" | tr '\n' ' ')" | tee -a "$out/summary.txt"
+  grep -E '^\[  FAILED  \]' "$out/smoke.log" | head -10 | tee -a "$out/summary.txt"
+fi
+if [ -x /tmp/prebuilt/bench ]; then
+  KCASES=${KERNEL_CASES:-$root/bench/ab/kernels.txt}
+  CASES=$KCASES "$root/scripts/gpu_kernels.sh" /tmp/prebuilt/bench "$out/kernels.txt" ${KERNELS:-} > /dev/null 2>&1
+  cat "$out/kernels.txt"
+fi
 t0=$(date +%s)
-timeout ${TESTS_TIMEOUT:-600} /tmp/prebuilt/cuda_tests --gtest_output=xml:"$out/cuda_tests.xml" > "$out/cuda_tests.log" 2>&1 || rc=1
+[ "${SKIP_SUITE:-0}" = 1 ] || timeout ${TESTS_TIMEOUT:-600} /tmp/prebuilt/cuda_tests --gtest_output=xml:"$out/cuda_tests.xml" > "$out/cuda_tests.log" 2>&1 || rc=1
 echo "CUDA tests ($(( $(date +%s) - t0 )) s): $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]|^\[  SKIPPED \] [0-9]' "$out/cuda_tests.log" | tr '\n' ' ')" | tee -a "$out/summary.txt"
 grep -E '^\[  FAILED  \]' "$out/cuda_tests.log" | head -20 | tee -a "$out/summary.txt"
 f=${SAN_FILTER:-'All/DispatchMatrix.MatchesReference/f16_auto_bs16_d128_*:All/DispatchMatrix.MatchesReference/bf16_e4m3_bs8_d120_*:All/DispatchMatrix.MatchesReference/f32_e5m2_bs32_d80_dense:Gqa/Groups.*/6:All/Variants.MatchReference/bf16_e4m3_all:All/Variants.MatchReference/f16_auto_multitoken:All/Variants.MatchReference/f32_e5m2_window:CudaVariants.*:All/CudaReshapeAndCache.PerHead*:CudaCheckedMode.*'}
-for tool in ${PAGEDATTN_SANITIZER_TOOLS:-memcheck}; do
+for tool in ${PAGEDATTN_SANITIZER_TOOLS-memcheck}; do
   timeout ${SAN_TIMEOUT:-600} compute-sanitizer --tool $tool --error-exitcode 99 /tmp/prebuilt/cuda_tests --gtest_filter="$f" > "$out/sanitizer_$tool.log" 2>&1 || rc=1
   echo "compute-sanitizer $tool: $(grep -E 'ERROR SUMMARY|HAZARD|^\[  PASSED  \]|^\[  FAILED  \]' "$out/sanitizer_$tool.log" | tr '\n' ' ')" | tee -a "$out/summary.txt"
 done

@@ -285,7 +285,15 @@ void build_problem(Backend& b, const RunOptions& o, Problem& pr, Result& proto) 
     pr.tmp_out = Buffer(&b, n * c.head_size * pr.dtype_bytes());
   }
   if (std::find(o.algos.begin(), o.algos.end(), Algo::kAuto) != o.algos.end()) {
-    pr.auto_ws_bytes = paged_attention_workspace_size(pr.params(0));
+    // sized for the kernel the auto path will run: a pinned kernel may plan more splits
+    b.pin_kernel(c.kernel);
+    try {
+      pr.auto_ws_bytes = paged_attention_workspace_size(pr.params(0));
+    } catch (...) {
+      b.pin_kernel("");
+      throw;
+    }
+    b.pin_kernel("");
     if (pr.auto_ws_bytes > 0) pr.auto_ws = Buffer(&b, pr.auto_ws_bytes);
   }
   for (int k = 0; k < pr.num_buffers; ++k) pr.calls.push_back(pr.params(k));
