@@ -276,6 +276,18 @@ class Engine:
         return True
 
     # ------------------------------------------------------------------ one step
+    def _take(self, chunks, seq, start, end) -> int:
+        """Schedules tokens [start, end) of `seq`; returns their count. Blocks whose last token is
+        written in this step (or already cached) become readable now: every layer writes the
+        whole step's K/V before it attends, so a later chunk of the same step may read them."""
+        chunks.append((seq, start, end))
+        bs = self.block_size
+        if end // bs > start // bs:
+            table = self.bm.block_table(seq.bm_id)
+            for j in range(start // bs, end // bs):
+                self.ready[table[j]] = True
+        return end - start
+
     def _schedule(self):
         budget = self.max_num_batched_tokens
         chunks = []   # (seq, start, end)
@@ -287,8 +299,7 @@ class Engine:
             if self.bm.seq_len(seq.bm_id) == len(seq.tokens) - 1:  # its last token has no slot yet
                 if not self._append_slot(seq, copies):
                     continue
-                chunks.append((seq, len(seq.tokens) - 1, len(seq.tokens)))
-                budget -= 1
+                budget -= self._take(chunks, seq, len(seq.tokens) - 1, len(seq.tokens))
         # 2. prefill chunks of running sequences
         decoding = {id(c[0]) for c in chunks}
         for seq in self.running:
@@ -298,9 +309,7 @@ class Engine:
                 continue
             if seq.num_computed >= len(seq.tokens) or not self._hits_ready(seq):
                 continue
-            end = min(len(seq.tokens), seq.num_computed + budget)
-            chunks.append((seq, seq.num_computed, end))
-            budget -= end - seq.num_computed
+            budget -= self._take(chunks, seq, seq.num_computed, min(len(seq.tokens), seq.num_computed + budget))
         # 3. new requests
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
@@ -312,9 +321,7 @@ class Engine:
             self.running.append(seq)
             if not self._hits_ready(seq):
                 continue
-            end = min(len(seq.tokens), seq.num_computed + budget)
-            chunks.append((seq, seq.num_computed, end))
-            budget -= end - seq.num_computed
+            budget -= self._take(chunks, seq, seq.num_computed, min(len(seq.tokens), seq.num_computed + budget))
         # drop chunks of sequences preempted after they were scheduled
         return [c for c in chunks if c[0].bm_id is not None], copies
 
@@ -337,11 +344,6 @@ class Engine:
             seq_lens.append(e)
             if e == len(seq.tokens):
                 keep.append(len(ids) - 1)
-            # blocks whose last token is written (or already cached) in this step become readable
-            table = self.bm.block_table(seq.bm_id)
-            for j in range(s // bs, e // bs):
-                if (j + 1) * bs - 1 >= s:
-                    self.ready[table[j]] = True
             seq.num_computed = e
         n_tok = len(ids)
         self.stats["steps"] += 1
