@@ -41,7 +41,8 @@ PRESETS: dict[str, Preset] = {
                        dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                             num_attention_heads=32, num_key_value_heads=8, head_dim=64,
                             max_position_embeddings=8192, initializer_range=0.02, rms_norm_eps=1e-5,
-                            rope_theta=500000.0, tie_word_embeddings=True),
+                            rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+                            tie_word_embeddings=True),
                        "Llama-3.2-1B shapes, random weights"),
 }
 
