@@ -36,7 +36,6 @@ import collections
 import dataclasses
 import itertools
 import math
-import time
 
 import numpy as np
 import torch
