@@ -38,10 +38,10 @@ cat "$out/import.log" >> "$summary"
 tests=$(pwd)/tests/python/test_serving.py
 (cd "$out" && step "serving tests, CUDA" "$out/pytest_serving_cuda.log" \
   python3 -m pytest "$tests" -v -rs -p no:cacheprovider -k cuda)
-grep -E "passed|failed|error" "$out/pytest_serving_cuda.log" | tail -1 | tee -a "$summary"
+grep -E "^=+ .*(passed|failed|skipped|error)" "$out/pytest_serving_cuda.log" | tail -1 | tee -a "$summary"
 (cd "$out" && step "serving tests, CPU backend" "$out/pytest_serving_cpu.log" \
   python3 -m pytest "$tests" -v -rs -p no:cacheprovider -k "not cuda")
-grep -E "passed|failed|error" "$out/pytest_serving_cpu.log" | tail -1 | tee -a "$summary"
+grep -E "^=+ .*(passed|failed|skipped|error)" "$out/pytest_serving_cpu.log" | tail -1 | tee -a "$summary"
 
 model=${PAGEDATTN_SERVING_MODEL:-llama-1b}
 dtype=${PAGEDATTN_SERVING_DTYPE:-bfloat16}
