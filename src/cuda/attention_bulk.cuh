@@ -9,7 +9,8 @@
 // Warp 4 is the producer. For stage s (32 tokens = kSpanAlign, 1-4 pages) it waits until the
 // slot is free, reads the block table, and issues one bulk copy for a page's keys
 // ([head_size/x, block_size, x], contiguous per kv head) and one for its values
-// ([head_size, block_size]); pages no row attends are not copied. kStages slots of ~8-32 KB
+// ([head_size, block_size]); pages no row attends are not copied (producer and consumers
+// compute that mask alike, stage_pages). kStages slots of ~8-32 KB
 // keep 64-128 KB per CTA in flight without any register staging.
 //
 // Consumer warp w takes stages w, w+4, ...: it waits on the slot's full barrier, computes,
@@ -35,6 +36,9 @@ inline constexpr int kBulkRows = kMmaHeads;  ///< query rows per CTA (mma n)
 inline constexpr int kBulkConsumers = 4;   ///< consumer warps (write_merged merges kWarps states)
 inline constexpr int kBulkThreads = (kBulkConsumers + 1) * 32;
 inline constexpr int kStageTokens = 32;    ///< tokens per ring stage
+/// Ring bytes aimed at. Measured on the H200 (fp8 32/8, batch 32 x 8k): 96 KB (12 slots, 3
+/// per consumer warp, 2 CTAs per SM) 85.7% of copy; 64 KB (8 slots, up to 3 CTAs per SM)
+/// 73.8%: a consumer warp needs more than one stage in flight while it computes another.
 inline constexpr int kBulkRingTarget = 96 * 1024;
 static_assert(kStageTokens == kSpanAlign, "a split starts on a stage boundary");
 static_assert(kBulkConsumers == kWarps, "write_merged merges kWarps warp states");
@@ -63,7 +67,7 @@ struct BulkTraits {
   static constexpr int kQPitch = kKSteps * 16 + 8;
   static constexpr int kQBytes = (kBulkRows * kQPitch * 2 + 15) / 16 * 16;
   static constexpr int kBarOffset = kRingBytes + kQBytes;
-  static constexpr int kSmemBytes = kBarOffset + kStages * (8 + 8) + kStages * 4;
+  static constexpr int kSmemBytes = kBarOffset + kStages * (8 + 8);
   /// the epilogue's merge buffers alias the ring
   static constexpr int kRedBytes = 4 * (kWarps * kBulkRows * D + 2 * kWarps * kBulkRows);
   static_assert(kRedBytes <= kRingBytes, "merge buffers must fit in the ring");
@@ -142,10 +146,22 @@ __device__ __forceinline__ bool page_attended(const AttentionKernelParams& p, co
   return false;
 }
 
+/// Pages of the stage starting at token t0 that are copied (bit j: page j of the stage): the
+/// producer and the consumers compute the same mask from the same inputs, so no shared-memory
+/// word passes it between warps. Called by a whole warp.
+template <bool kVar>
+__device__ __forceinline__ unsigned stage_pages(const AttentionKernelParams& p, const CtaWork& w, int t0, int lane) {
+  const int bs = p.block_size, first = t0 + lane * bs;
+  const bool need = lane < (kStageTokens >> p.block_shift) && first < w.end &&
+                    page_attended<kVar>(p, w, first, min(first + bs, w.end) - 1);
+  return __ballot_sync(0xffffffffu, need);
+}
+
 template <typename T, CacheKind C, int D, bool kVar>
 __global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(const __grid_constant__ AttentionKernelParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using Tr = BulkTraits<T, C, D>;
+  pdl_wait();  // the previous kernel's writes (queries, tables, partials) are visible
   constexpr int R = kBulkRows;
   constexpr bool kFp8 = C != CacheKind::kSame;
 
@@ -161,7 +177,6 @@ __global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(cons
   T* q_s = reinterpret_cast<T*>(smem + Tr::kRingBytes);
   std::uint64_t* full = reinterpret_cast<std::uint64_t*>(smem + Tr::kBarOffset);
   std::uint64_t* empty = full + Tr::kStages;
-  unsigned* copied_s = reinterpret_cast<unsigned*>(empty + Tr::kStages);  // pages copied per slot
   const std::uint32_t ring = smem_u32(smem);
 
   const int tid = threadIdx.x;
@@ -206,22 +221,43 @@ __global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(cons
       asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(policy));
     else
       asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-    const int pages = kStageTokens >> shift;
+    // 16-bit caches: block-table entries come in batches of 32 pages (one coalesced warp load:
+    // lane i holds the entry of page first_page + 32 b + i), the next batch loaded while this
+    // one is used, so no stage waits on a block-table read (measured on the H200: +1-5 points
+    // of copy on fp16, +4.7 at block size 8). fp8 caches read one entry per stage: with batches
+    // they measured 6-7 points slower (not explained yet; docs/performance.md, v0.5).
+    constexpr bool kBatchTable = !kFp8;
+    const int pages = kStageTokens >> shift;  // pages per stage (1-4)
+    const int spb = 32 / pages;               // stages per batch
+    const int first_page = start >> shift, last_page = (end - 1) >> shift;
+    auto load_batch = [&](int b) {
+      const int pg = first_page + 32 * b + lane;
+      return pg <= last_page ? bt[pg] : 0;
+    };
+    int cur = 0, nxt = 0;
+    if constexpr (kBatchTable) {
+      cur = load_batch(0);
+      if (nstages > spb) nxt = load_batch(1);
+    }
     for (int s = 0; s < nstages; ++s) {
       const int slot = s % Tr::kStages;
+      int batch_page = 0;
+      if constexpr (kBatchTable) {
+        const int b = s / spb, i = s - b * spb;
+        if (i == 0 && s > 0) {
+          cur = nxt;
+          if ((b + 1) * spb < nstages) nxt = load_batch(b + 1);
+        }
+        batch_page = __shfl_sync(0xffffffffu, cur, (i * pages + lane) & 31);
+      }
       if (s >= Tr::kStages) mbar_wait(smem_u32(empty + slot), ((s / Tr::kStages) - 1) & 1);
       const int first = start + s * kStageTokens + lane * bs;
-      bool need = false;
+      const unsigned mask = stage_pages<kVar>(p, work, start + s * kStageTokens, lane);
+      const bool need = (mask >> lane) & 1u;
       int page = 0;
-      if (lane < pages && first < end) {
-        need = page_attended<kVar>(p, work, first, min(first + bs, end) - 1);
-        if (need) page = bt[first >> shift];
-      }
-      const unsigned mask = __ballot_sync(0xffffffffu, need);
-      if (lane == 0) {
-        copied_s[slot] = mask;
+      if (need) page = kBatchTable ? batch_page : bt[first >> shift];
+      if (lane == 0)
         mbar_arrive_expect_tx(smem_u32(full + slot), static_cast<std::uint32_t>(__popc(mask) * (k_page + v_page)));
-      }
       __syncwarp();
       if (need) {
         const std::uint32_t dst = ring + slot * Tr::kStageBytes;
@@ -276,9 +312,9 @@ __global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(cons
 
   for (int s = warp; s < nstages; s += kBulkConsumers) {
     const int slot = s % Tr::kStages;
-    mbar_wait(smem_u32(full + slot), (s / Tr::kStages) & 1);
-    const unsigned copied = copied_s[slot];
     const int t0 = start + s * kStageTokens;
+    const unsigned copied = stage_pages<kVar>(p, work, t0, lane);  // as the producer computed it
+    mbar_wait(smem_u32(full + slot), (s / Tr::kStages) & 1);
     const int nvalid = min(kStageTokens, end - t0);
     const bool whole = nvalid == kStageTokens && copied == all_pages;
     const std::uint32_t kst = ring + slot * Tr::kStageBytes;

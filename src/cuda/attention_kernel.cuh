@@ -171,6 +171,7 @@ __device__ __forceinline__ void row_bounds(const AttentionKernelParams& p, const
 template <typename T, int H, int D>
 __device__ __forceinline__ void write_merged(const AttentionKernelParams& p, const CtaWork& w, const float* red_acc,
                                              const float* red_m, const float* red_l, float v_scale) {
+  pdl_trigger();  // the main loop is done: the next kernel may be scheduled
   for (int i = threadIdx.x; i < w.nr * D; i += kThreads) {
     const int h = i / D;
     const int d = i % D;
@@ -206,6 +207,7 @@ __device__ __forceinline__ void write_merged(const AttentionKernelParams& p, con
 template <typename T, CacheKind C, int D, int HPC, bool kVar>
 __global__ void __launch_bounds__(kThreads)
     paged_attention_kernel(const __grid_constant__ AttentionKernelParams p) {
+  pdl_wait();  // the previous kernel's writes (queries, tables, partials) are visible
   using Tr = AttentionTraits<T, C, D, HPC>;
   using CacheT = typename Tr::CacheT;
   constexpr int kX = Tr::kX;
@@ -476,6 +478,8 @@ __device__ __forceinline__ float reduce_block(float v, float* scratch) {
 /// The warps' sums are merged in a fixed order: bitwise deterministic.
 template <typename T>
 __global__ void __launch_bounds__(kReduceThreads) reduce_kernel(const __grid_constant__ ReduceKernelParams p) {
+  pdl_wait();  // the attention kernel's partials are visible
+  pdl_trigger();
   const int head = blockIdx.x;
   const int qrow = blockIdx.y;  // query row: the sequence itself without query_start_loc
   int seq = qrow, q_len = 1;

@@ -105,6 +105,7 @@ struct MmaTraits {
 template <typename T, CacheKind C, int D, bool kVar>
 __global__ void __launch_bounds__(kThreads)
     paged_attention_mma_kernel(const __grid_constant__ AttentionKernelParams p) {
+  pdl_wait();  // the previous kernel's writes (queries, tables, partials) are visible
   using Tr = MmaTraits<T, C, D>;
   using CacheT = typename Tr::CacheT;
   constexpr int kE = Tr::kE;

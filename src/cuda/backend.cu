@@ -99,12 +99,12 @@ void launch_reduce(const PagedAttentionParams& p, const AttentionShape& s, const
   r.num_launched = num_launched;
   r.skip_single = skip_single ? 1 : 0;
   const dim3 grid(static_cast<unsigned>(s.num_heads), static_cast<unsigned>(s.num_rows));
+  const char* what = "reduce_kernel launch";
   switch (s.dtype) {
-    case DType::kFloat16: reduce_kernel<__half><<<grid, kReduceThreads, 0, stream>>>(r); break;
-    case DType::kBFloat16: reduce_kernel<__nv_bfloat16><<<grid, kReduceThreads, 0, stream>>>(r); break;
-    default: reduce_kernel<float><<<grid, kReduceThreads, 0, stream>>>(r); break;
+    case DType::kFloat16: launch_pdl(reduce_kernel<__half>, grid, dim3(kReduceThreads), 0, stream, what, r); break;
+    case DType::kBFloat16: launch_pdl(reduce_kernel<__nv_bfloat16>, grid, dim3(kReduceThreads), 0, stream, what, r); break;
+    default: launch_pdl(reduce_kernel<float>, grid, dim3(kReduceThreads), 0, stream, what, r); break;
   }
-  check_launch("reduce_kernel launch");
 }
 
 }  // namespace

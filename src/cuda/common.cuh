@@ -7,19 +7,68 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include "core/attention_rules.h"
 #include "core/check.h"
 
 namespace pagedattn::detail::cuda {
 
+/// Throws pagedattn::Error (kUnsupported) for a CUDA call that found no code for the present
+/// GPU in this build: names the device's compute capability, the architectures the library
+/// was built for and the CMake option that rebuilds it (launch.cu).
+[[noreturn]] void fail_no_kernel_image(const char* what);
+
 /// Throws pagedattn::Error (kBackendError) naming the call and CUDA's message.
 inline void check_cuda(cudaError_t e, const char* what) {
+  if (e == cudaErrorNoKernelImageForDevice) fail_no_kernel_image(what);
   if (e != cudaSuccess) fail(ErrorCode::kBackendError, what, " failed: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
 }
 /// After a launch: a bad configuration shows up here, before the next op.
 inline void check_launch(const char* kernel) { check_cuda(cudaGetLastError(), kernel); }
+
+/// Programmatic dependent launch (sm_90+): whether the attention and reduce kernels are
+/// launched so that they may start while the previous kernel of the stream finishes (its
+/// tail overlaps their launch and prologue). On for devices of compute capability 9.0 or
+/// newer unless the environment sets PAGEDATTN_PDL=0 (read once; for A/B timing).
+bool pdl_enabled();
+
+/// Launches `kernel` with programmatic stream serialization when pdl_enabled(): the kernel
+/// must call pdl_wait() before it touches global memory.
+template <typename... Params, typename... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
+                const char* what, Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  check_cuda(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), what);
+}
+
+/// In a kernel launched by launch_pdl: waits until the previous kernel of the stream has
+/// completed and its memory is visible (a no-op when launched without the attribute). Call
+/// it before the first global memory access.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+/// Lets the next kernel of the stream (launched by launch_pdl) be scheduled once every CTA
+/// of this grid has called it or exited; that kernel still waits in pdl_wait() for this
+/// grid's completion. The attention kernels call it when their main loop is done.
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
 
 /// How the KV cache encodes its elements (compile-time mirror of CacheDType).
 enum class CacheKind { kSame, kE4M3, kE5M2 };

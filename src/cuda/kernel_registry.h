@@ -38,13 +38,21 @@ const std::vector<KernelSpec>& kernel_specs();
 /// support throws kUnsupported naming why.
 void force_kernel(const std::string& name);
 std::string forced_kernel();
-/// Name of the kernel the last attention launch of this process ran ("" before any).
+/// Name of the kernel the last attention launch of this process ran ("" before any, or since
+/// clear_last_kernel(): a call with no query rows launches nothing).
 std::string last_kernel();
+void clear_last_kernel();
 
-/// Why `spec` cannot run an instance (empty: it can): the instance lacks it in this build, or
-/// the device (compute capability `device_sm` = 10 * major + minor; < 0: no device) is too old.
+/// Why `spec` cannot run an instance (empty: it can): the instance lacks it in this build, the
+/// device (compute capability `device_sm` = 10 * major + minor; < 0: no device) is too old, or
+/// the code the device runs was compiled for an older architecture (`code_sm`, e.g. 80 when only
+/// compute_80 PTX is embedded and the driver JIT-compiles it for an sm_90 card).
 std::string kernel_unsupported_reason(const KernelSpec& spec, bool has_tensor_core_instance, bool has_bulk_instance,
-                                      int device_sm);
+                                      int device_sm, int code_sm = 1000);
+/// The architecture (10 * major + minor) of the code this build runs on `device`: the
+/// virtual architecture its kernels were compiled for. Throws kUnsupported, naming the
+/// device's capability and the built architectures, when the build has no code for it.
+int code_sm(int device);
 /// The same for the instance (query dtype, cache dtype, head size) on the current device; also
 /// names an instance this build does not hold at all.
 std::string kernel_unsupported_reason(const std::string& name, DType dtype, CacheDType cache, int head_size);

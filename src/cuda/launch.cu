@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <string>
 
 #include "core/check.h"
@@ -61,6 +62,44 @@ int device_sm(int device) {
   const int sm = 10 * major + minor;
   if (device >= 0 && device < 64) cached[device].store(sm);
   return sm;
+}
+
+namespace {
+/// Compiled with the same architecture flags as every kernel: its attributes say which
+/// code the driver picked for this device.
+__global__ void arch_probe_kernel() {}
+}  // namespace
+
+void fail_no_kernel_image(const char* what) {
+  int dev = 0, major = 0, minor = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  cudaGetLastError();
+  fail(ErrorCode::kUnsupported, what, ": this build of pagedattn has no code for the GPU present (device ", dev,
+       ", compute capability ", major, ".", minor, "); it was built for CUDA architectures ", PAGEDATTN_CUDA_ARCHS,
+       ". Rebuild with -DCMAKE_CUDA_ARCHITECTURES=", major, minor, " (or =native on this machine)");
+}
+
+int code_sm(int device) {
+  static std::atomic<int> cached[64] = {};
+  if (device >= 0 && device < 64 && cached[device].load() > 0) return cached[device].load();
+  cudaFuncAttributes a{};
+  check_cuda(cudaFuncGetAttributes(&a, arch_probe_kernel), "cudaFuncGetAttributes");
+  const int sm = a.ptxVersion;  // the virtual architecture the code was compiled for (__CUDA_ARCH__ / 10)
+  if (device >= 0 && device < 64) cached[device].store(sm);
+  return sm;
+}
+
+bool pdl_enabled() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("PAGEDATTN_PDL");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  if (!allowed) return false;
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  return device_sm(dev) >= 90;
 }
 
 const std::vector<KernelSpec>& kernel_specs() {
@@ -116,13 +155,15 @@ std::string forced_kernel() {
   return k != nullptr ? k->name : "";
 }
 
+void clear_last_kernel() { g_last.store(nullptr); }
+
 std::string last_kernel() {
   const KernelSpec* k = g_last.load();
   return k != nullptr ? k->name : "";
 }
 
 std::string kernel_unsupported_reason(const KernelSpec& spec, bool has_tensor_core_instance, bool has_bulk_instance,
-                                      int device_sm) {
+                                      int device_sm, int code_sm) {
   if (spec.bulk_copy) {
     if (!has_bulk_instance)
       return cat(spec.name, " needs float16/bfloat16 queries (and a build with PAGEDATTN_BULK_COPY=ON)");
@@ -130,6 +171,11 @@ std::string kernel_unsupported_reason(const KernelSpec& spec, bool has_tensor_co
     return cat(spec.name, " needs float16/bfloat16 queries and head_size <= 128 (and a build with "
                "PAGEDATTN_TENSOR_CORES=ON)");
   }
+  if (spec.min_sm > 0 && device_sm >= spec.min_sm && code_sm < spec.min_sm)
+    return cat(spec.name, " needs code compiled for compute capability ", spec.min_sm / 10, ".", spec.min_sm % 10,
+               " or newer; this device runs this build's code for ", code_sm / 10, ".", code_sm % 10,
+               " (CUDA architectures ", PAGEDATTN_CUDA_ARCHS, "; rebuild with -DCMAKE_CUDA_ARCHITECTURES=",
+               device_sm, ")");
   if (spec.min_sm > 0 && device_sm < spec.min_sm) {
     if (device_sm < 0) return cat(spec.name, " needs a GPU of compute capability ", spec.min_sm / 10, ".", spec.min_sm % 10,
                                   " or newer; no CUDA device is present");
@@ -144,14 +190,17 @@ std::string kernel_unsupported_reason(const std::string& name, DType dtype, Cach
     const AttentionInstance& inst = find_instance(dtype, cache, head_size);
     const KernelSpec* k = find_spec(name);
     if (k == nullptr) return cat("unknown kernel '", name, "'");
-    int dev = 0, sm = -1;
+    int dev = 0, sm = -1, code = -1;
     if (cudaGetDevice(&dev) == cudaSuccess) {
       int n = 0;
-      if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0) sm = device_sm(dev);
+      if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0) {
+        sm = device_sm(dev);
+        code = code_sm(dev);
+      }
     }
     cudaGetLastError();  // a machine without a GPU leaves an error behind
     return kernel_unsupported_reason(*k, PAGEDATTN_TENSOR_CORES && inst.launch_mma != nullptr,
-                                     inst.launch_bulk != nullptr, sm);
+                                     inst.launch_bulk != nullptr, sm, code);
   } catch (const Error& e) {
     return e.what();
   }
@@ -171,9 +220,10 @@ KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& 
   const bool has_mma = PAGEDATTN_TENSOR_CORES && k.inst->launch_mma != nullptr;
   const bool has_bulk = k.inst->launch_bulk != nullptr;
   const int sm = device_sm(s.device.index);
+  const int code = code_sm(s.device.index);  // also: no code for this GPU fails here, clearly
   if (const KernelSpec* forced = g_forced.load()) {
     k.spec = forced;
-    const std::string why = kernel_unsupported_reason(*k.spec, has_mma, has_bulk, sm);
+    const std::string why = kernel_unsupported_reason(*k.spec, has_mma, has_bulk, sm, code);
     if (!why.empty())
       fail(ErrorCode::kUnsupported, "forced kernel ", forced->name, " cannot run query dtype ", dtype_name(s.dtype),
            ", kv_cache_dtype ", cache_dtype_name(p.kv_cache_dtype), ", head_size ", s.head_size, ": ", why);
@@ -187,7 +237,7 @@ KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& 
     // measurements): tensor cores for more than 4 rows and for fp8 caches with 2 or more, the
     // CUDA-core kernel otherwise (91-102% of copy on MHA and 16-bit caches up to 4 rows).
     const bool fp8 = p.kv_cache_dtype != CacheDType::kAuto;
-    const bool hopper = has_bulk && sm >= 90;
+    const bool hopper = has_bulk && sm >= 90 && code >= 90;
     bool bulk = false, mma = false;
     if (hopper) {
       mma = rows == 1 && fp8 && has_mma;

@@ -63,8 +63,7 @@ int resident_ctas() {
 template <auto Kernel, int kSmemBytes, int kBlock = kThreads>
 void launch_kernel(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream, const char* name) {
   prepare_kernel<Kernel, kSmemBytes>();
-  Kernel<<<grid, kBlock, kSmemBytes, stream>>>(kp);
-  check_launch(name);
+  launch_pdl(Kernel, grid, dim3(kBlock), kSmemBytes, stream, name, kp);
 }
 
 template <typename T, int C, int D, int HPC>

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 #include <tuple>
@@ -343,6 +344,24 @@ TEST(CudaAttention, MisalignedCacheIsRejected) {
   DeviceProblem d(h);
   d.params.key_cache.data = static_cast<char*>(d.params.key_cache.data) + 2;
   test::expect_error([&] { paged_attention_v1(d.params); }, ErrorCode::kInvalidArgument, {"key_cache", "16-byte"});
+}
+
+// Run on a GPU this build has no code for (scripts: a build with only sm_80 SASS run on an
+// sm_90 card, PAGEDATTN_EXPECT_NO_CODE=1): the first call fails with an error naming the
+// device's capability, the built architectures and the option to rebuild, not a launch failure.
+TEST(CudaAttention, NoCodeForThisGpuIsAClearError) {
+  PAGEDATTN_REQUIRE_GPU();
+  const char* expect = std::getenv("PAGEDATTN_EXPECT_NO_CODE");
+  if (expect == nullptr || std::string(expect) != "1")
+    GTEST_SKIP() << "meaningful only in a build without code for this GPU (set PAGEDATTN_EXPECT_NO_CODE=1 there)";
+  PAGEDATTN_TEST_RNG(rng);
+  ProblemConfig c;
+  c.dtype = DType::kFloat16;
+  HostProblem h = build_problem(c, rng);
+  DeviceProblem d(h);
+  test::expect_error([&] { paged_attention_v1(d.params); }, ErrorCode::kUnsupported,
+                     {"has no code for the GPU present", "compute capability", "built for CUDA architectures",
+                      "-DCMAKE_CUDA_ARCHITECTURES="});
 }
 
 TEST(CudaAttention, AutoRejectsShortOrMisalignedWorkspace) {
