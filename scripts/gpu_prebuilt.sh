@@ -3,11 +3,15 @@
 # when device time is short: no build on the GPU machine. BIN_DIR holds xz-compressed
 # executables (the device tool carries at most 64 MiB; python3's lzma unpacks them there):
 #   cuda_tests.xz  tests/cuda/pagedattn_cuda_tests of a full build
-#   bench_a.xz / bench_b.xz  (optional) two pagedattn-bench builds to A/B on AB_CASES
+#   bench_a.xz / bench_b.xz  (optional) two pagedattn-bench builds to A/B on AB_CASES (bench_b:
+#                 bench.xz's binary when absent)
 #   bench.xz      (optional) pagedattn-bench: every registry kernel forced on KERNEL_CASES
 #                 (scripts/gpu_kernels.sh; default bench/ab/kernels.txt)
+#   cuda_tests_nocode.xz  (optional) the GPU tests of a build without code for this GPU (e.g.
+#                 -DCMAKE_CUDA_ARCHITECTURES=80-real): its clear-error test is run
 # Steps (env): SMOKE_FILTER runs first (a quick gtest filter: stops a hung kernel early),
-# SKIP_SUITE=1 skips the full suite, PAGEDATTN_SANITIZER_TOOLS (default memcheck) on SAN_FILTER.
+# SKIP_SUITE=1 skips the full suite, PAGEDATTN_SANITIZER_TOOLS (default memcheck) on SAN_FILTER,
+# racecheck on RACE_FILTER, PDL on/off on PDL_CASES, V1/V2/auto on ALGO_CASES (case files).
 #
 #   scripts/gpu_prebuilt.sh BIN_DIR OUT_DIR
 # Prepare: xz -9 -T2 -c BUILD/tests/cuda/pagedattn_cuda_tests > BIN_DIR/cuda_tests.xz (strip first).
@@ -41,6 +45,8 @@ for tool in ${PAGEDATTN_SANITIZER_TOOLS-memcheck}; do
   timeout ${SAN_TIMEOUT:-600} compute-sanitizer --tool $tool --error-exitcode 99 /tmp/prebuilt/cuda_tests --gtest_filter="$f" > "$out/sanitizer_$tool.log" 2>&1 || rc=1
   echo "compute-sanitizer $tool: $(grep -E 'ERROR SUMMARY|HAZARD|^\[  PASSED  \]|^\[  FAILED  \]' "$out/sanitizer_$tool.log" | tr '\n' ' ')" | tee -a "$out/summary.txt"
 done
+# bench_b defaults to bench.xz's binary (this tree) when only bench_a (an earlier tree) is given
+[ -x /tmp/prebuilt/bench_a ] && [ ! -x /tmp/prebuilt/bench_b ] && [ -x /tmp/prebuilt/bench ] && ln -s /tmp/prebuilt/bench /tmp/prebuilt/bench_b
 if [ -x /tmp/prebuilt/bench_a ] && [ -x /tmp/prebuilt/bench_b ]; then
   n=0
   while IFS= read -r line; do
@@ -53,6 +59,38 @@ if [ -x /tmp/prebuilt/bench_a ] && [ -x /tmp/prebuilt/bench_b ]; then
     done
   done < "${AB_CASES:-$root/bench/ab/final.txt}" > "$out/ab.txt"
   grep -E "^===|^ +[0-9]" "$out/ab.txt"
+fi
+# racecheck on its own (slow) filter
+if [ -n "${RACE_FILTER:-}" ]; then
+  timeout ${RACE_TIMEOUT:-200} compute-sanitizer --tool racecheck --error-exitcode 99 /tmp/prebuilt/cuda_tests --gtest_filter="$RACE_FILTER" > "$out/sanitizer_racecheck.log" 2>&1 || rc=1
+  echo "compute-sanitizer racecheck: $(grep -E 'ERROR SUMMARY|HAZARD|RACECHECK SUMMARY|^\[  PASSED  \]|^\[  FAILED  \]' "$out/sanitizer_racecheck.log" | sort | uniq -c | tr '\n' ' ')" | tee -a "$out/summary.txt"
+fi
+# programmatic dependent launch on/off (PAGEDATTN_PDL=0) on PDL_CASES, auto, graph timing
+if [ -x /tmp/prebuilt/bench ] && [ -n "${PDL_CASES:-}" ]; then
+  for pdl in 1 0; do
+    grep -v '^#' "$PDL_CASES" | while read -r line; do
+      [ -z "$line" ] && continue
+      echo "PDL=$pdl $line"
+      # shellcheck disable=SC2086
+      PAGEDATTN_PDL=$pdl timeout 30 /tmp/prebuilt/bench --backend cuda --algo auto --timing graph --iters 10 --graph-iters 10 --no-check $line 2>&1 | grep -E "^ +[0-9]+ +auto"
+    done
+  done > "$out/pdl.txt"
+  cat "$out/pdl.txt"
+fi
+# V1 / V2 / auto / vLLM's rule side by side on ALGO_CASES (graph timing)
+if [ -x /tmp/prebuilt/bench ] && [ -n "${ALGO_CASES:-}" ]; then
+  grep -v '^#' "$ALGO_CASES" | while read -r line; do
+    [ -z "$line" ] && continue
+    echo "=== $line"
+    # shellcheck disable=SC2086
+    timeout 60 /tmp/prebuilt/bench --backend cuda --algo all --timing graph --iters 10 --graph-iters 10 --no-check $line 2>&1 | grep -E "^ +[0-9]+ +[a-z]"
+  done > "$out/algos.txt"
+  cat "$out/algos.txt"
+fi
+# a build without code for this GPU (cuda_tests_nocode.xz, e.g. sm_80 SASS only): the clear error
+if [ -x /tmp/prebuilt/cuda_tests_nocode ]; then
+  PAGEDATTN_EXPECT_NO_CODE=1 timeout 60 /tmp/prebuilt/cuda_tests_nocode --gtest_filter=CudaAttention.NoCodeForThisGpuIsAClearError > "$out/nocode.log" 2>&1 || rc=1
+  echo "no-code build: $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]|^\[  SKIPPED \] [0-9]' "$out/nocode.log" | tr '\n' ' ')" | tee -a "$out/summary.txt"
 fi
 echo "overall rc=$rc" | tee -a "$out/summary.txt"
 exit $rc
