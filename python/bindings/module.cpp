@@ -11,6 +11,16 @@ NB_MODULE(_C, m) {
   m.attr("__version__") = pagedattn::version();
   m.attr("PARTITION_SIZE") = pagedattn::kPartitionSize;  // V2's partition length (SPEC)
   m.def("built_with_cuda", &pagedattn::built_with_cuda, "True when the library has its CUDA backend.");
+  m.def(
+      "build_info",
+      [] {
+        nb::dict d;
+        d["version"] = pagedattn::version();
+        d["cuda"] = pagedattn::built_with_cuda();
+        d["cuda_architectures"] = PAGEDATTN_PY_CUDA_ARCHS;  // as given to CMake; "" without CUDA
+        return d;
+      },
+      "What this build holds: version, cuda (bool), cuda_architectures (CMake's list, '' without CUDA).");
   pagedattn::python::register_errors(m);
   pagedattn::python::bind_attention(m);
   pagedattn::python::bind_cache_ops(m);

@@ -11,7 +11,7 @@ import importlib.util as _ilu
 import os as _os
 
 from . import _C
-from ._C import PARTITION_SIZE, BlockManager, PagedAttnError, built_with_cuda, vllm_rule_prefers_v1
+from ._C import PARTITION_SIZE, BlockManager, PagedAttnError, build_info, built_with_cuda, vllm_rule_prefers_v1
 from .ops import (
     copy_blocks,
     is_supported,
@@ -29,7 +29,7 @@ __version__ = _C.__version__
 
 from . import ops as _ops
 
-__all__ = ["PagedAttnError", "PARTITION_SIZE", "BlockManager", "built_with_cuda", "vllm_rule_prefers_v1",
+__all__ = ["PagedAttnError", "PARTITION_SIZE", "BlockManager", "build_info", "built_with_cuda", "vllm_rule_prefers_v1",
            *_ops.__all__]
 
 # torch.ops.pagedattn.* exist whenever torch is importable. PAGEDATTN_NO_TORCH=1 skips the

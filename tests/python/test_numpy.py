@@ -314,3 +314,17 @@ def test_overhead_tool_runs():
     # buffer zeroed before it ran
     assert all(err == 0.0 for err in res["max_abs_err"].values()), res["max_abs_err"]
     assert all(0 < res[k] < 1e5 for k in timed), res
+
+
+def test_build_info_describes_this_build():
+    info = pagedattn.build_info()
+    assert set(info) == {"version", "cuda", "cuda_architectures"}
+    assert info["version"] == pagedattn.__version__
+    assert info["cuda"] is pagedattn.built_with_cuda()
+    # a CUDA build names its architectures (CMake's list, e.g. "90" or "80-real 90-real ... 120");
+    # a CPU-only build names none
+    archs = info["cuda_architectures"]
+    assert isinstance(archs, str)
+    assert (archs != "") == info["cuda"], archs
+    for a in archs.split():
+        assert a == "native" or a.split("-")[0].isdigit(), archs
