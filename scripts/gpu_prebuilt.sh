@@ -9,7 +9,14 @@
 #                 (scripts/gpu_kernels.sh; default bench/ab/kernels.txt)
 #   cuda_tests_nocode.xz  (optional) the GPU tests of a build without code for this GPU (e.g.
 #                 -DCMAKE_CUDA_ARCHITECTURES=80-real): its clear-error test is run
-# Steps (env): SMOKE_FILTER runs first (a quick gtest filter: stops a hung kernel early),
+#   cuda_tests_ptx*.xz  (optional) the GPU tests of builds that embed only older PTX (e.g.
+#                 -DCMAKE_CUDA_ARCHITECTURES=80-virtual): the driver JIT-compiles it, so the
+#                 older architectures' code paths run on this card; whole suite + memcheck each
+#   *.whl         (optional) a wheel (scripts/build_wheel.sh) for this machine's python3: installed
+#                 into a fresh virtual environment (system site-packages for numpy/pytest/torch),
+#                 then the Python suite runs against it from outside the tree
+# Steps (env): SWEEPS names bench sweeps to run (auto/V1/V2 rows, --no-check, JSON + CSV);
+# SMOKE_FILTER runs first (a quick gtest filter: stops a hung kernel early),
 # SKIP_SUITE=1 skips the full suite, PAGEDATTN_SANITIZER_TOOLS (default memcheck) on SAN_FILTER,
 # racecheck on RACE_FILTER, PDL on/off on PDL_CASES, V1/V2/auto on ALGO_CASES (case files).
 #
@@ -92,5 +99,45 @@ if [ -x /tmp/prebuilt/cuda_tests_nocode ]; then
   PAGEDATTN_EXPECT_NO_CODE=1 timeout 60 /tmp/prebuilt/cuda_tests_nocode --gtest_filter=CudaAttention.NoCodeForThisGpuIsAClearError > "$out/nocode.log" 2>&1 || rc=1
   echo "no-code build: $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]|^\[  SKIPPED \] [0-9]' "$out/nocode.log" | tr '\n' ' ')" | tee -a "$out/summary.txt"
 fi
+# builds that embed only older PTX: the whole suite (in PTX_SHARDS gtest shards run side by side,
+# so the driver's JIT compilation spreads over the cores; the JIT cache is shared) and memcheck
+# (PTX_SAN_FILTER, default SAN_FILTER)
+export CUDA_CACHE_MAXSIZE=4294967296
+for t in /tmp/prebuilt/cuda_tests_ptx*; do
+  [ -x "$t" ] || continue
+  n=$(basename "$t"); shards=${PTX_SHARDS:-8}
+  t0=$(date +%s)
+  for i in $(seq 0 $((shards - 1))); do
+    GTEST_TOTAL_SHARDS=$shards GTEST_SHARD_INDEX=$i timeout ${TESTS_TIMEOUT:-600} "$t" > "$out/$n.shard$i.log" 2>&1 &
+  done
+  wait
+  cat "$out/$n".shard*.log > "$out/$n.log"; rm -f "$out/$n".shard*.log
+  passed=$(grep -E '^\[  PASSED  \] [0-9]+' "$out/$n.log" | awk '{s += $4} END {print s + 0}')
+  failed=$(grep -E '^\[  FAILED  \] [A-Za-z]' "$out/$n.log" | sed 's/ (.*//' | sort -u | wc -l)
+  skipped=$(grep -E '^\[  SKIPPED \] [0-9]+ test' "$out/$n.log" | awk '{s += $4} END {print s + 0}')
+  shards_done=$(grep -cE '^\[==========\] [0-9]+ tests? from .* ran' "$out/$n.log")
+  [ "$failed" = 0 ] && [ "$shards_done" = "$shards" ] || rc=1
+  echo "$n suite ($(( $(date +%s) - t0 )) s, $shards shards, $shards_done finished): $passed passed, $skipped skipped, $failed failed" | tee -a "$out/summary.txt"
+  grep -E '^\[  FAILED  \] [A-Za-z]' "$out/$n.log" | sort -u | head -20 | tee -a "$out/summary.txt"
+  timeout ${SAN_TIMEOUT:-600} compute-sanitizer --tool memcheck --error-exitcode 99 "$t" --gtest_filter="${PTX_SAN_FILTER:-$f}" > "$out/${n}_memcheck.log" 2>&1 || rc=1
+  echo "$n memcheck: $(grep -E 'ERROR SUMMARY|^\[  PASSED  \]|^\[  FAILED  \]' "$out/${n}_memcheck.log" | tr '\n' ' ')" | tee -a "$out/summary.txt"
+done
+# named bench sweeps (correctness is the suite's job: --no-check)
+for sw in ${SWEEPS:-}; do
+  [ -x /tmp/prebuilt/bench ] || break
+  t0=$(date +%s)
+  timeout ${SWEEP_TIMEOUT:-300} /tmp/prebuilt/bench --backend cuda --sweep "$sw" --no-check --json "$out/sweep-$sw.json" --csv "$out/sweep-$sw.csv" > "$out/sweep-$sw.log" 2>&1 || rc=1
+  echo "sweep $sw: $(( $(date +%s) - t0 )) s, $(grep -c . "$out/sweep-$sw.csv" 2>/dev/null) csv lines" | tee -a "$out/summary.txt"
+done
+# a wheel, installed into a fresh environment and tested from outside the tree
+for w in "$bin"/*.whl; do
+  [ -f "$w" ] || continue
+  venv=/tmp/wheel-venv; rm -rf "$venv"
+  python3 -m venv --system-site-packages "$venv" && "$venv/bin/pip" install -q --no-deps --no-index "$w" > "$out/wheel_install.log" 2>&1 || rc=1
+  mkdir -p /tmp/wheel-tests && cp -r "$root/tests/python" /tmp/wheel-tests/ && rm -rf /tmp/wheel-tests/python/__pycache__
+  (cd /tmp/wheel-tests && "$venv/bin/python" -c 'import pagedattn, sys; print(pagedattn.__file__, pagedattn.build_info())' && \
+    "$venv/bin/python" -m pytest python -q -rs -p no:cacheprovider) > "$out/wheel_pytest.log" 2>&1 || rc=1
+  echo "wheel $(basename "$w"): $(head -1 "$out/wheel_pytest.log" | cut -c1-300) | $(tail -1 "$out/wheel_pytest.log")" | tee -a "$out/summary.txt"
+done
 echo "overall rc=$rc" | tee -a "$out/summary.txt"
 exit $rc

@@ -176,8 +176,9 @@ int run(int argc, char** argv) {
   auto* o_lse = app.add_flag("--lse", vf.lse, "auto path: also write the lse output (and check it)");
   std::string kernel;
   auto* o_kernel = app.add_option("--kernel", kernel,
-                                  "CUDA: pin the auto path to this registry kernel (cuda_core_r1, cuda_core_r2, "
-                                  "cuda_core_r4, tensor_core_r8, hopper_bulk_r8); \"\" = the auto rule");
+                                  "CUDA: pin this registry kernel (cuda_core_r1, cuda_core_r2, "
+                                  "cuda_core_r4, tensor_core_r8, hopper_bulk_r8, hopper_bulk_r16) on every entry point it runs "
+                                  "(V1, V2, auto); \"\" = the auto rule");
   app.add_option("--sweep", sweep_name, "run a named sweep (see --list-sweeps)");
   app.add_flag("--list-sweeps", list, "list the named sweeps and exit");
   app.add_option("--warmup", warmup, "warm-up calls per algo (default 5, cpu 2)");

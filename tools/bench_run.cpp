@@ -575,8 +575,9 @@ std::vector<Result> run_case(Backend& b, const Case& c, int case_index, const Ru
     return make_rows(what_of(e));
   }
 
-  // The case's kernel pin holds for the auto path only; the library's own choice elsewhere.
-  const auto pin_for = [&b, &c](Algo ran) { b.pin_kernel(ran == Algo::kAuto ? c.kernel : std::string()); };
+  // The case's kernel pin holds for every entry point of the library (V1, V2, auto; vLLM's rule
+  // runs V1 or V2), so the kernels can be compared on each.
+  const auto pin_for = [&b, &c](Algo) { b.pin_kernel(c.kernel); };
   std::map<std::pair<Algo, TimingMode>, Result> timed;
   for (Algo ran : order) {
     for (TimingMode m : modes) {

@@ -3,8 +3,10 @@
 // on an mbarrier), and four consumer warps run both products on tensor cores.
 //
 // Work split: the same CTAs as the other kernels (cta_work: sequence, kv head, a tile of
-// query rows, split), 8 rows per CTA (query token x head of the GQA group), so one read of
-// each page serves every row of a kv head up to 8.
+// query rows, split), 8 rows per CTA (query token x head of the GQA group) per row group of
+// four consumer warps: one group (hopper_bulk_r8, 160 threads) or two (hopper_bulk_r16, 288
+// threads, chosen at launch), so one read of each page serves every row of a kv head up to 16
+// (MQA, groups of 16, several query tokens of a GQA group).
 //
 // Warp 4 is the producer. For stage s (32 tokens = kSpanAlign, 1-4 pages) it waits until the
 // slot is free, reads the block table, and issues one bulk copy for a page's keys
@@ -13,7 +15,9 @@
 // compute that mask alike, stage_pages). kStages slots of ~8-32 KB
 // keep 64-128 KB per CTA in flight without any register staging.
 //
-// Consumer warp w takes stages w, w+4, ...: it waits on the slot's full barrier, computes,
+// Consumer warp w of each row group takes stages w, w+4, ...: it waits on the slot's full
+// barrier (the slot's pages serve both groups: its empty barrier counts every lane of the
+// warps reading it), computes for its group's 8 rows,
 // transposed so the rows are the narrow n dimension (an m of 16 rows would double the mma
 // work, and mma.sync throughput is what bounds a consumer warp: measured on the H200),
 //   S^T[32 tokens x 8 rows] = K . Q^T                     (2 m-tiles of 16 tokens)
@@ -34,7 +38,11 @@ namespace pagedattn::detail::cuda {
 
 inline constexpr int kBulkRows = kMmaHeads;  ///< query rows per CTA (mma n)
 inline constexpr int kBulkConsumers = 4;   ///< consumer warps (write_merged merges kWarps states)
-inline constexpr int kBulkThreads = (kBulkConsumers + 1) * 32;
+inline constexpr int kBulkMaxGroups = 2;  ///< row groups of kBulkConsumers warps (8 rows each)
+/// Threads of a CTA with `groups` row groups: their consumer warps, then the producer warp.
+constexpr int bulk_threads(int groups) { return (kBulkConsumers * groups + 1) * 32; }
+inline constexpr int kBulkThreads = bulk_threads(1);
+inline constexpr int kBulkMaxThreads = bulk_threads(kBulkMaxGroups);
 inline constexpr int kStageTokens = 32;    ///< tokens per ring stage
 /// Ring bytes aimed at. Measured on the H200 (fp8 32/8, batch 32 x 8k): 96 KB (12 slots, 3
 /// per consumer warp, 2 CTAs per SM) 85.7% of copy; 64 KB (8 slots, up to 3 CTAs per SM)
@@ -63,14 +71,16 @@ struct BulkTraits {
   static constexpr int kStages = kStagesWanted < 4 ? 4 : kStagesWanted > 12 ? 12 : kStagesWanted;
   static_assert(kStages % kBulkConsumers == 0, "each ring slot must belong to one consumer warp");
   static constexpr int kRingBytes = kStages * kStageBytes;
-  /// queries [8 rows][kQPitch] in T; +8 elements so the 8 rows' fragment loads hit distinct banks
+  /// queries [groups x 8 rows][kQPitch] in T; +8 elements so the 8 rows' fragment loads hit
+  /// distinct banks
   static constexpr int kQPitch = kKSteps * 16 + 8;
-  static constexpr int kQBytes = (kBulkRows * kQPitch * 2 + 15) / 16 * 16;
+  static constexpr int kQBytes = (kBulkMaxGroups * kBulkRows * kQPitch * 2 + 15) / 16 * 16;
   static constexpr int kBarOffset = kRingBytes + kQBytes;
   static constexpr int kSmemBytes = kBarOffset + kStages * (8 + 8);
-  /// the epilogue's merge buffers alias the ring
+  /// the epilogue's merge buffers (one per row group) alias the ring and the queries (both
+  /// free by then: every stage consumed, the queries held in registers since the start)
   static constexpr int kRedBytes = 4 * (kWarps * kBulkRows * D + 2 * kWarps * kBulkRows);
-  static_assert(kRedBytes <= kRingBytes, "merge buffers must fit in the ring");
+  static_assert(kBulkMaxGroups * kRedBytes <= kBarOffset, "merge buffers must fit in the ring and queries");
 };
 
 __device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
@@ -124,7 +134,12 @@ __device__ __forceinline__ std::uint32_t lds_u16(std::uint32_t addr) {
   return v;
 }
 /// Named barrier of the consumer warps (the producer warp has left).
-__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kBulkConsumers * 32) : "memory"); }
+/// Every consumer warp of the CTA (`threads` of them: the producer warp does not take part).
+__device__ __forceinline__ void consumers_sync(int threads) { asm volatile("bar.sync 1, %0;\n" ::"r"(threads) : "memory"); }
+/// The four consumer warps of row group g.
+__device__ __forceinline__ void group_sync(int g) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(2 + g), "n"(kBulkConsumers * 32) : "memory");
+}
 
 /// Mask of the 16-bit halves of a pair register: tokens (lo, hi) kept when valid.
 __device__ __forceinline__ std::uint32_t half_mask(bool lo, bool hi) {
@@ -158,14 +173,15 @@ __device__ __forceinline__ unsigned stage_pages(const AttentionKernelParams& p, 
 }
 
 template <typename T, CacheKind C, int D, bool kVar>
-__global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(const __grid_constant__ AttentionKernelParams p) {
+__global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(const __grid_constant__ AttentionKernelParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using Tr = BulkTraits<T, C, D>;
   pdl_wait();  // the previous kernel's writes (queries, tables, partials) are visible
   constexpr int R = kBulkRows;
   constexpr bool kFp8 = C != CacheKind::kSame;
 
-  const CtaWork work = cta_work<R>(p);
+  const int groups = blockDim.x / (32 * kBulkConsumers);  // row groups: (4 groups + 1) warps
+  const CtaWork work = cta_work_rows(p, R * groups);
   if (work.empty) return;
   const int start = work.start, end = work.end;
   const int nstages = (end - start + kStageTokens - 1) / kStageTokens;
@@ -186,7 +202,7 @@ __global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(cons
   if (tid == 0) {
     for (int i = 0; i < Tr::kStages; ++i) {
       mbar_init(smem_u32(full + i), 1);   // the producer's arrive (+ the copies' bytes)
-      mbar_init(smem_u32(empty + i), 1);  // the consuming warp's release
+      mbar_init(smem_u32(empty + i), 32 * groups);  // the consuming warps' release: each lane's own arrive
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -195,7 +211,7 @@ __global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(cons
   // pi(8+2j+e) = 4j+2+e: the order one 32-bit load of 4 fp8 key bytes produces.
   {
     const T* qg = static_cast<const T*>(p.query);
-    for (int i = tid; i < R * Tr::kQPitch; i += kBulkThreads) {
+    for (int i = tid; i < groups * R * Tr::kQPitch; i += static_cast<int>(blockDim.x)) {
       const int row = i / Tr::kQPitch, c = i % Tr::kQPitch;
       int d = c;
       if constexpr (kFp8) {
@@ -210,7 +226,7 @@ __global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(cons
   }
   __syncthreads();
 
-  if (warp == kBulkConsumers) {  // ---------------------------------------------- producer
+  if (warp == kBulkConsumers * groups) {  // ------------------------------------- producer
     const std::int32_t* bt = p.block_tables + static_cast<std::int64_t>(work.seq) * p.bt_stride;
     const unsigned char* kg = static_cast<const unsigned char*>(p.key_cache) +
                               static_cast<std::int64_t>(work.kv_head) * p.k_head_stride * Tr::kElem;
@@ -250,7 +266,13 @@ __global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(cons
         }
         batch_page = __shfl_sync(0xffffffffu, cur, (i * pages + lane) & 31);
       }
-      if (s >= Tr::kStages) mbar_wait(smem_u32(empty + slot), ((s / Tr::kStages) - 1) & 1);
+      if (s >= Tr::kStages) {
+        mbar_wait(smem_u32(empty + slot), ((s / Tr::kStages) - 1) & 1);
+        // the consumers' reads of the slot's previous contents (generic proxy, released by
+        // their arrives, acquired by the wait above) before the bulk copies (async proxy)
+        // overwrite it
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      }
       const int first = start + s * kStageTokens + lane * bs;
       const unsigned mask = stage_pages<kVar>(p, work, start + s * kStageTokens, lane);
       const bool need = (mask >> lane) & 1u;
@@ -273,6 +295,12 @@ __global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(cons
 
   // ------------------------------------------------------------------------- consumers
   const CtaScales scales = cta_scales(p, work.kv_head);
+  // this warp's row group and its place in it; rw: the group's 8 rows of the CTA's (none when
+  // the CTA's last tile is short)
+  const int cgroup = warp / kBulkConsumers, cwarp = warp % kBulkConsumers;
+  CtaWork rw = work;
+  rw.row0 += R * cgroup;
+  rw.nr = min(R, work.nr - R * cgroup);
   const int r = lane >> 2, q = lane & 3;  // fragment row group / column pair
   const bool ranges = kVar && p.rows_vary;
   const bool masked = ranges || p.rule.sparse;  // per-(row, token) masks beyond the split's end
@@ -282,16 +310,16 @@ __global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(cons
 #pragma unroll
   for (int e = 0; e < 2; ++e) {
     const int row = 2 * q + e;
-    const bool active = row < work.nr;
-    rhead[e] = active ? work.head(row) : 0;
+    const bool active = row < rw.nr;
+    rhead[e] = active ? rw.head(row) : 0;
     slope[e] = (p.alibi_slopes != nullptr && active) ? p.alibi_slopes[rhead[e]] : 0.0f;
-    rpos[e] = kVar ? (active ? work.pos(row) : work.seq_len - 1) : work.seq_len - 1;
+    rpos[e] = kVar ? (active ? rw.pos(row) : rw.seq_len - 1) : rw.seq_len - 1;
     rlo[e] = ranges ? p.rule.first_token(rpos[e]) : 0;
   }
   // Q^T operand (B of S^T = K . Q^T): row r, dims 16ks + 2q, +1 and 16ks + 8 + 2q, +1 (as stored)
   std::uint32_t qb[Tr::kKSteps][2];
   {
-    const std::uint32_t qrow = smem_u32(q_s) + (r * Tr::kQPitch + 2 * q) * 2;
+    const std::uint32_t qrow = smem_u32(q_s) + ((R * cgroup + r) * Tr::kQPitch + 2 * q) * 2;
 #pragma unroll
     for (int ks = 0; ks < Tr::kKSteps; ++ks) {
       qb[ks][0] = lds_u32(qrow + ks * 32);
@@ -310,7 +338,7 @@ __global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(cons
   const int src0 = 8 * q + (r >> 1), src1 = src0 + 4;
   const unsigned half_sel = (r & 1) ? 0x7632u : 0x5410u;
 
-  for (int s = warp; s < nstages; s += kBulkConsumers) {
+  for (int s = cwarp; s < nstages; s += kBulkConsumers) {
     const int slot = s % Tr::kStages;
     const int t0 = start + s * kStageTokens;
     const unsigned copied = stage_pages<kVar>(p, work, t0, lane);  // as the producer computed it
@@ -467,8 +495,9 @@ __global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(cons
         }
       }
     }
-    __syncwarp();
-    if (lane == 0) mbar_arrive(smem_u32(empty + slot));  // the slot may be refilled
+    // the slot may be refilled: every lane arrives after its own reads (an arrive releases
+    // only the accesses of the thread that executes it; the barrier counts 32)
+    mbar_arrive(smem_u32(empty + slot));
   }
 
   // ---- merge the four consumer warps in a fixed order (deterministic)
@@ -476,18 +505,19 @@ __global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(cons
   for (int e = 0; e < 2; ++e)
 #pragma unroll
     for (int off = 4; off < 32; off <<= 1) l[e] += __shfl_xor_sync(0xffffffffu, l[e], off);
-  consumers_sync();  // every stage consumed: every copy has landed, the ring is free
-  float* red_acc = reinterpret_cast<float*>(smem);  // [kWarps][R][D]
+  // every stage consumed by both groups and every query in registers: ring and queries are free
+  consumers_sync(kBulkConsumers * 32 * groups);
+  float* red_acc = reinterpret_cast<float*>(smem + cgroup * Tr::kRedBytes);  // [kWarps][R][D] per group
   float* red_m = red_acc + kWarps * R * D;          // [kWarps][R]
   float* red_l = red_m + kWarps * R;
   if (r == 0) {
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      red_m[warp * R + 2 * q + e] = m[e];
-      red_l[warp * R + 2 * q + e] = l[e];
+      red_m[cwarp * R + 2 * q + e] = m[e];
+      red_l[cwarp * R + 2 * q + e] = l[e];
     }
   }
-  consumers_sync();
+  group_sync(cgroup);
 #pragma unroll
   for (int e = 0; e < 2; ++e) {
     const int row = 2 * q + e;
@@ -495,15 +525,15 @@ __global__ void __launch_bounds__(kBulkThreads) paged_attention_bulk_kernel(cons
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) mx = max_nan(mx, red_m[w * R + row]);
     const float f = m[e] == -INFINITY ? 0.0f : __expf(m[e] - mx);
-    float* dst = red_acc + (warp * R + row) * D + r;
+    float* dst = red_acc + (cwarp * R + row) * D + r;
 #pragma unroll
     for (int t = 0; t < Tr::kDTiles; ++t) {
       dst[16 * t] = o[t][e] * f;
       if (16 * t + 8 < D) dst[16 * t + 8] = o[t][2 + e] * f;
     }
   }
-  consumers_sync();
-  write_merged<T, R, D>(p, work, red_acc, red_m, red_l, scales.v);
+  group_sync(cgroup);
+  write_merged<T, R, D>(p, rw, red_acc, red_m, red_l, scales.v, tid - cgroup * kBulkConsumers * 32);
 #else
   __trap();  // the registry launches this kernel on sm_90+ only
 #endif

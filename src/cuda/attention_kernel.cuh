@@ -85,8 +85,8 @@ struct CtaWork {
   __device__ __forceinline__ int pos(int r) const { return seq_len - q_len + token(r); }
 };
 
-template <int H>
-__device__ __forceinline__ CtaWork cta_work(const AttentionKernelParams& p) {
+/// The CTA's work with `H` query rows per CTA (a constant but for the bulk kernel's row groups).
+__device__ __forceinline__ CtaWork cta_work_rows(const AttentionKernelParams& p, int H) {
   CtaWork w;
   w.seq = blockIdx.y;
   w.split = blockIdx.z;
@@ -105,6 +105,10 @@ __device__ __forceinline__ CtaWork cta_work(const AttentionKernelParams& p) {
   w.empty = w.nr <= 0 || w.split >= num_splits;
   w.write_partials = p.always_partials || num_splits > 1;
   return w;
+}
+template <int H>
+__device__ __forceinline__ CtaWork cta_work(const AttentionKernelParams& p) {
+  return cta_work_rows(p, H);
 }
 
 /// Per-CTA fp8 scales: per kv head when the call has them, else per tensor.
@@ -168,11 +172,14 @@ __device__ __forceinline__ void row_bounds(const AttentionKernelParams& p, const
 /// fixed order (deterministic) and writes `out` (and `lse`), or the split's partials (max
 /// logit, exp sum, normalised output). red_acc [kWarps][H][D] holds each warp's accumulator
 /// already rescaled to the CTA-wide max; red_m / red_l [kWarps][H] each warp's running max and sum.
+/// `thread`: the caller's index among the kThreads threads that write (the bulk kernel's
+/// second row group passes its own).
 template <typename T, int H, int D>
 __device__ __forceinline__ void write_merged(const AttentionKernelParams& p, const CtaWork& w, const float* red_acc,
-                                             const float* red_m, const float* red_l, float v_scale) {
+                                             const float* red_m, const float* red_l, float v_scale,
+                                             int thread = static_cast<int>(threadIdx.x)) {
   pdl_trigger();  // the main loop is done: the next kernel may be scheduled
-  for (int i = threadIdx.x; i < w.nr * D; i += kThreads) {
+  for (int i = thread; i < w.nr * D; i += kThreads) {
     const int h = i / D;
     const int d = i % D;
     float mx = neg_inf();

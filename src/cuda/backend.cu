@@ -121,7 +121,7 @@ void attention_v1(const PagedAttentionParams& p, const AttentionShape& s) {
 
 void attention_v2(const PagedAttentionParams& p, const AttentionShape& s, const V2Workspace& ws) {
   DeviceGuard guard(s.device.index);
-  const KernelChoice kc = choose_kernel(p, s);
+  const KernelChoice kc = choose_kernel(p, s, /*fixed_partitions=*/true);
   check_grid(s, kc, "paged_attention_v2");
   AttentionKernelParams k = make_params(p, s, kc, "paged_attention_v2");
   k.partition_size = kPartitionSize;

@@ -112,6 +112,7 @@ const std::vector<KernelSpec>& kernel_specs() {
 #endif
       {"tensor_core_r8", kMmaHeads, kSpanAlign, true, false, 0},
       {"hopper_bulk_r8", kBulkRows, kStageTokens, true, true, 90},
+      {"hopper_bulk_r16", kBulkRows * kBulkMaxGroups, kStageTokens, true, true, 90},
   };
   return specs;
 }
@@ -208,12 +209,46 @@ std::string kernel_unsupported_reason(const std::string& name, DType dtype, Cach
 
 void KernelChoice::launch(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) const {
   g_last.store(spec);
-  if (bulk) return inst->launch_bulk(kp, grid, stream);
+  if (bulk) return inst->launch_bulk(kp, heads, grid, stream);
   if (mma) return inst->launch_mma(kp, grid, stream);
   inst->launch(kp, heads, grid, stream);
 }
 
-KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& s) {
+const KernelSpec& auto_kernel(const AutoRuleInput& in) {
+  // Measured on the H200 (docs/performance.md, v0.5 and v0.6): on sm_90 the bulk-copy kernel is
+  // the fastest or equal on every case with 2 or more rows (GQA groups, several query tokens;
+  // +5-45% over the other kernels, fp8 included, heads 192/256 and block sizes 8/32 included)
+  // and on one-row fp8 caches with heads above 128 (no tensor-core instance there); one-row fp8
+  // caches up to head 128 run fastest on the tensor-core kernel, one-row 16-bit caches on the
+  // CUDA-core kernel (equal to the bulk-copy kernel, fewer resources). More than 8 rows: the
+  // bulk kernel with two row groups (16 rows per CTA) up to 16 rows (+8% at group 16, equal at
+  // 12 rows and q_len 4 x group 4) and at heads above 128 (+74% at q_len 4 x group 4, head 256:
+  // two CTAs re-reading each page miss L2), one row group beyond (MQA 32 rows: 1-3% faster).
+  // V2's fixed 512-token partitions (16 stages per CTA: the ring's fill weighs more): 3-4 rows
+  // of a 16-bit cache run fastest on the CUDA-core kernel (-3-7%), fp8 caches with 2-4 rows on
+  // the tensor-core kernel (-5%), as before the bulk kernel. Before sm_90 (the H100's v0.3
+  // measurements): tensor cores for more than 4 rows and for fp8 caches with 2 or more, the
+  // CUDA-core kernel otherwise (91-102% of copy on MHA and 16-bit caches up to 4 rows).
+  const long long rows = in.rows;
+  const bool hopper = in.has_bulk_instance && in.device_sm >= 90 && in.code_sm >= 90;
+  const bool has_mma = in.has_tensor_core_instance;
+  bool bulk = false, mma = false;
+  if (hopper) {
+    mma = has_mma && ((rows == 1 && in.fp8) || (in.fixed_partitions && in.fp8 && rows >= 2 && rows <= 4));
+    const bool v2_core = in.fixed_partitions && !in.fp8 && rows >= 3 && rows <= 4;
+    bulk = !mma && !v2_core && (rows >= 2 || in.fp8);
+  } else {
+    mma = has_mma && (rows > 4 || (in.fp8 && rows >= 2));
+  }
+  if (bulk) {
+    const bool two_groups = rows > kBulkRows && (rows <= kBulkRows * kBulkMaxGroups || in.head_size > 128);
+    return spec_with(true, true, two_groups ? kBulkRows * kBulkMaxGroups : kBulkRows);
+  }
+  const int cc_rows = rows <= 1 ? 1 : rows <= 2 ? 2 : (rows <= 4 || PAGEDATTN_MAX_HEADS_PER_CTA < 8) ? 4 : 8;
+  return spec_with(mma, false, mma ? kMmaHeads : cc_rows);
+}
+
+KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& s, bool fixed_partitions) {
   KernelChoice k{};
   k.inst = &find_instance(s.dtype, p.kv_cache_dtype, s.head_size);
   const long long rows = static_cast<long long>(s.max_q_len) * s.group_size();  // query rows of one kv head
@@ -228,31 +263,22 @@ KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& 
       fail(ErrorCode::kUnsupported, "forced kernel ", forced->name, " cannot run query dtype ", dtype_name(s.dtype),
            ", kv_cache_dtype ", cache_dtype_name(p.kv_cache_dtype), ", head_size ", s.head_size, ": ", why);
   } else {
-    // Measured on the H200 (docs/performance.md, v0.5): on sm_90 the bulk-copy kernel is
-    // the fastest or equal on every case with 2 or more rows (GQA groups, several query
-    // tokens; +5-45% over the other kernels, fp8 included, heads 192/256 and block sizes 8/32
-    // included) and on one-row fp8 caches with heads above 128; one-row fp8 caches up to head
-    // 128 run fastest on the tensor-core kernel, one-row 16-bit caches on the CUDA-core kernel
-    // (equal to the bulk-copy kernel, fewer resources). Before sm_90 (the H100's v0.3
-    // measurements): tensor cores for more than 4 rows and for fp8 caches with 2 or more, the
-    // CUDA-core kernel otherwise (91-102% of copy on MHA and 16-bit caches up to 4 rows).
-    const bool fp8 = p.kv_cache_dtype != CacheDType::kAuto;
-    const bool hopper = has_bulk && sm >= 90 && code >= 90;
-    bool bulk = false, mma = false;
-    if (hopper) {
-      mma = rows == 1 && fp8 && has_mma;
-      bulk = !mma && (rows >= 2 || fp8);
-    } else {
-      mma = has_mma && (rows > 4 || (fp8 && rows >= 2));
-    }
-    const int cc_rows = rows <= 1 ? 1 : rows <= 2 ? 2 : (rows <= 4 || PAGEDATTN_MAX_HEADS_PER_CTA < 8) ? 4 : 8;
-    k.spec = bulk ? &spec_with(true, true, kBulkRows) : &spec_with(mma, false, mma ? kMmaHeads : cc_rows);
+    AutoRuleInput in;
+    in.rows = rows;
+    in.fp8 = p.kv_cache_dtype != CacheDType::kAuto;
+    in.head_size = s.head_size;
+    in.fixed_partitions = fixed_partitions;
+    in.has_tensor_core_instance = has_mma;
+    in.has_bulk_instance = has_bulk;
+    in.device_sm = sm;
+    in.code_sm = code;
+    k.spec = &auto_kernel(in);
   }
   k.mma = k.spec->tensor_cores && !k.spec->bulk_copy;
   k.bulk = k.spec->bulk_copy;
   k.heads = k.spec->rows_per_cta;
   k.head_tiles = static_cast<int>((rows + k.heads - 1) / k.heads);
-  k.ctas_per_sm = k.bulk ? k.inst->bulk_ctas_per_sm() : k.mma ? k.inst->mma_ctas_per_sm() : k.inst->ctas_per_sm(k.heads);
+  k.ctas_per_sm = k.bulk ? k.inst->bulk_ctas_per_sm(k.heads) : k.mma ? k.inst->mma_ctas_per_sm() : k.inst->ctas_per_sm(k.heads);
   return k;
 }
 

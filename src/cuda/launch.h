@@ -22,9 +22,10 @@ struct AttentionInstance {
   /// Tensor-core path (float16/bfloat16 queries, head_size <= 128); nullptr elsewhere.
   void (*launch_mma)(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream);
   int (*mma_ctas_per_sm)();
-  /// Hopper bulk-copy path (float16/bfloat16 queries); nullptr elsewhere or when not built.
-  void (*launch_bulk)(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream);
-  int (*bulk_ctas_per_sm)();
+  /// Hopper bulk-copy path (float16/bfloat16 queries; `rows` per CTA: 8 or 16); nullptr
+  /// elsewhere or when not built.
+  void (*launch_bulk)(const AttentionKernelParams& kp, int rows, dim3 grid, cudaStream_t stream);
+  int (*bulk_ctas_per_sm)(int rows);
 };
 
 /// Which kernel runs a call (kernel_registry.h): the tensor-core one where it is built and
@@ -41,7 +42,8 @@ struct KernelChoice {
   int ctas_per_sm;  ///< occupancy, for the split planner
   void launch(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) const;
 };
-KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& s);
+/// `fixed_partitions`: the call runs V2's 512-token partitions (the rule differs there).
+KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& s, bool fixed_partitions = false);
 
 /// Looks the instance up in the generated table; kUnsupported if this build lacks it.
 const AttentionInstance& find_instance(DType dtype, CacheDType cache, int head_size);
@@ -56,9 +58,9 @@ void launch_attention_mma(const AttentionKernelParams& kp, dim3 grid, cudaStream
 template <typename T, int C, int D>
 int attention_mma_ctas_per_sm();
 template <typename T, int C, int D>
-void launch_attention_bulk(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream);
+void launch_attention_bulk(const AttentionKernelParams& kp, int rows, dim3 grid, cudaStream_t stream);
 template <typename T, int C, int D>
-int attention_bulk_ctas_per_sm();
+int attention_bulk_ctas_per_sm(int rows);
 
 /// Compute capability of a device as 10 * major + minor (cached per device).
 int device_sm(int device);

@@ -99,10 +99,19 @@ int attention_mma_ctas_per_sm() {
   return resident_ctas<paged_attention_mma_kernel<T, kind, D, false>, MmaTraits<T, kind, D>::kSmemBytes>();
 }
 
+/// The bulk kernel with `rows` (8 or 16) query rows per CTA: one row group of consumer warps
+/// per 8 rows (the kernel reads the group count from its block size).
 template <typename T, int C, int D>
-void launch_attention_bulk(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
+void launch_attention_bulk(const AttentionKernelParams& kp, int rows, dim3 grid, cudaStream_t stream) {
   constexpr CacheKind kind = static_cast<CacheKind>(C);
   constexpr int smem = BulkTraits<T, kind, D>::kSmemBytes;
+  if (rows == kBulkRows * kBulkMaxGroups) {
+    if (needs_variant_kernel(kp))
+      return launch_kernel<paged_attention_bulk_kernel<T, kind, D, true>, smem, kBulkMaxThreads>(
+          kp, grid, stream, "paged_attention_bulk_kernel launch");
+    return launch_kernel<paged_attention_bulk_kernel<T, kind, D, false>, smem, kBulkMaxThreads>(
+        kp, grid, stream, "paged_attention_bulk_kernel launch");
+  }
   if (needs_variant_kernel(kp))
     return launch_kernel<paged_attention_bulk_kernel<T, kind, D, true>, smem, kBulkThreads>(
         kp, grid, stream, "paged_attention_bulk_kernel launch");
@@ -111,9 +120,12 @@ void launch_attention_bulk(const AttentionKernelParams& kp, dim3 grid, cudaStrea
 }
 
 template <typename T, int C, int D>
-int attention_bulk_ctas_per_sm() {
+int attention_bulk_ctas_per_sm(int rows) {
   constexpr CacheKind kind = static_cast<CacheKind>(C);
-  return resident_ctas<paged_attention_bulk_kernel<T, kind, D, false>, BulkTraits<T, kind, D>::kSmemBytes, kBulkThreads>();
+  using K = BulkTraits<T, kind, D>;
+  if (rows == kBulkRows * kBulkMaxGroups)
+    return resident_ctas<paged_attention_bulk_kernel<T, kind, D, false>, K::kSmemBytes, kBulkMaxThreads>();
+  return resident_ctas<paged_attention_bulk_kernel<T, kind, D, false>, K::kSmemBytes, kBulkThreads>();
 }
 
 template <typename T, int C, int D>

@@ -216,7 +216,8 @@ TEST_P(Groups, MatchesReference) {
 }
 INSTANTIATE_TEST_SUITE_P(Gqa, Groups,
                          ::testing::Values(std::tuple{8, 8}, std::tuple{8, 4}, std::tuple{16, 4}, std::tuple{32, 4},
-                                           std::tuple{12, 2}, std::tuple{14, 2}, std::tuple{32, 1}, std::tuple{64, 1}));
+                                           std::tuple{12, 2}, std::tuple{14, 2}, std::tuple{20, 2}, std::tuple{32, 2},
+                                           std::tuple{32, 1}, std::tuple{64, 1}));
 
 TEST(CudaAttention, AllEmptySequences) {
   PAGEDATTN_REQUIRE_GPU();

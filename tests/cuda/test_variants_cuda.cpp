@@ -353,12 +353,71 @@ TEST(CudaVariants, CheckedModeCatchesBadQueryStartLoc) {
 namespace pagedattn::test {
 namespace {
 
+// The auto rule as a pure function (no GPU needed): which kernel each (rows, cache, instance,
+// device) gets, as docs/performance.md v0.5 measured on the H200 and v0.3 on the H100.
+TEST(KernelRegistry, AutoRule) {
+  auto pick = [](long long rows, bool fp8, bool mma, bool bulk, int sm, int code, int head = 128, bool v2 = false) {
+    detail::cuda::AutoRuleInput in;
+    in.rows = rows;
+    in.fp8 = fp8;
+    in.head_size = head;
+    in.fixed_partitions = v2;
+    in.has_tensor_core_instance = mma;
+    in.has_bulk_instance = bulk;
+    in.device_sm = sm;
+    in.code_sm = code;
+    return std::string(detail::cuda::auto_kernel(in).name);
+  };
+  // sm_90 running sm_90 code, an f16/bf16 instance with both tensor-core kernels
+  EXPECT_EQ(pick(1, false, true, true, 90, 90), "cuda_core_r1");    // MHA, 16-bit cache
+  EXPECT_EQ(pick(1, true, true, true, 90, 90), "tensor_core_r8");   // MHA, fp8, head <= 128
+  EXPECT_EQ(pick(1, true, false, true, 90, 90, 256), "hopper_bulk_r8");  // MHA, fp8, head > 128
+  EXPECT_EQ(pick(1, false, false, true, 90, 90, 256), "cuda_core_r1");   // MHA, 16-bit, head > 128
+  // up to 8 rows: one row group; 9-16 rows: two; more: two above head 128, else one
+  for (long long rows : {2, 3, 4, 6, 8, 9, 12, 16, 17, 32, 64})
+    for (bool fp8 : {false, true})
+      for (int head : {64, 128, 256}) {
+        const bool two = rows > 8 && (rows <= 16 || head > 128);
+        const std::string want = two ? "hopper_bulk_r16" : "hopper_bulk_r8";
+        EXPECT_EQ(pick(rows, fp8, head <= 128, true, 90, 90, head), want) << rows << " rows, fp8 " << fp8 << ", head " << head;
+        EXPECT_EQ(pick(rows, fp8, false, true, 100, 100, head), want) << rows << " rows on sm_100, head " << head;
+      }
+  // V2's fixed 512-token partitions on sm_90: 3-4 rows of a 16-bit cache on CUDA cores, 2-4 rows
+  // of an fp8 cache on the tensor-core kernel; the bulk kernel elsewhere
+  EXPECT_EQ(pick(4, false, true, true, 90, 90, 128, true), "cuda_core_r4");
+  EXPECT_EQ(pick(3, false, true, true, 90, 90, 128, true), "cuda_core_r4");
+  EXPECT_EQ(pick(2, false, true, true, 90, 90, 128, true), "hopper_bulk_r8");
+  EXPECT_EQ(pick(8, false, true, true, 90, 90, 128, true), "hopper_bulk_r8");
+  EXPECT_EQ(pick(4, true, true, true, 90, 90, 128, true), "tensor_core_r8");
+  EXPECT_EQ(pick(2, true, true, true, 90, 90, 128, true), "tensor_core_r8");
+  EXPECT_EQ(pick(4, true, false, true, 90, 90, 256, true), "hopper_bulk_r8");  // no tensor-core instance
+  EXPECT_EQ(pick(8, true, true, true, 90, 90, 128, true), "hopper_bulk_r8");
+  EXPECT_EQ(pick(1, false, true, true, 90, 90, 128, true), "cuda_core_r1");
+  // older devices, or an sm_90 device running code JIT-compiled from older PTX: the v0.3 rule
+  for (auto [sm, code] : {std::pair{80, 80}, std::pair{89, 89}, std::pair{90, 80}})
+    for (bool v2 : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "device " << sm << ", code " << code << ", V2 " << v2);
+      EXPECT_EQ(pick(1, false, true, true, sm, code, 128, v2), "cuda_core_r1");
+      EXPECT_EQ(pick(2, false, true, true, sm, code, 128, v2), "cuda_core_r2");
+      EXPECT_EQ(pick(4, false, true, true, sm, code, 128, v2), "cuda_core_r4");
+      EXPECT_EQ(pick(8, false, true, true, sm, code, 128, v2), "tensor_core_r8");
+      EXPECT_EQ(pick(2, true, true, true, sm, code, 128, v2), "tensor_core_r8");
+      EXPECT_EQ(pick(1, true, true, true, sm, code, 128, v2), "cuda_core_r1");
+      EXPECT_EQ(pick(32, false, true, true, sm, code, 128, v2), "tensor_core_r8");
+    }
+  // float32 queries (no tensor-core or bulk instance): CUDA cores whatever the device
+  EXPECT_EQ(pick(1, true, false, false, 90, 90), "cuda_core_r1");
+  EXPECT_EQ(pick(2, false, false, false, 90, 90), "cuda_core_r2");
+  EXPECT_EQ(pick(8, true, false, false, 90, 90).rfind("cuda_core_r", 0), 0u);
+}
+
 // The kernel registry's host side (no GPU needed): pinning, restoring, and the errors for a
 // name it does not know or an instance a kernel cannot run.
 TEST(KernelRegistry, ForceRestoreAndReasons) {
   std::vector<std::string> names;
   for (const auto& k : detail::cuda::kernel_specs()) names.push_back(k.name);
-  for (const char* want : {"cuda_core_r1", "cuda_core_r2", "cuda_core_r4", "tensor_core_r8", "hopper_bulk_r8"})
+  for (const char* want : {"cuda_core_r1", "cuda_core_r2", "cuda_core_r4", "tensor_core_r8", "hopper_bulk_r8",
+                           "hopper_bulk_r16"})
     EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want << " missing from the registry";
   EXPECT_EQ(detail::cuda::forced_kernel(), "");
   {
@@ -380,27 +439,31 @@ TEST(KernelRegistry, ForceRestoreAndReasons) {
   EXPECT_NE(detail::cuda::kernel_unsupported_reason("cuda_core_r3", DType::kFloat16, CacheDType::kAuto, 128)
                 .find("unknown kernel"),
             std::string::npos);
-  // the Hopper kernel: 16-bit queries only, and a device of compute capability 9.0 or newer
-  EXPECT_NE(detail::cuda::kernel_unsupported_reason("hopper_bulk_r8", DType::kFloat32, CacheDType::kAuto, 128), "");
-  const detail::cuda::KernelSpec* hopper = nullptr;
-  for (const auto& k : detail::cuda::kernel_specs())
-    if (std::string(k.name) == "hopper_bulk_r8") hopper = &k;
-  ASSERT_NE(hopper, nullptr) << "hopper_bulk_r8 missing from the registry";
-  EXPECT_EQ(hopper->min_sm, 90);
-  EXPECT_EQ(detail::cuda::kernel_unsupported_reason(*hopper, false, true, 90), "");
-  EXPECT_EQ(detail::cuda::kernel_unsupported_reason(*hopper, false, true, 100), "");
-  EXPECT_NE(detail::cuda::kernel_unsupported_reason(*hopper, true, false, 90).find("PAGEDATTN_BULK_COPY"),
-            std::string::npos);
-  EXPECT_NE(detail::cuda::kernel_unsupported_reason(*hopper, true, true, 89).find("this device is 8.9"),
-            std::string::npos);
-  EXPECT_NE(detail::cuda::kernel_unsupported_reason(*hopper, true, true, -1).find("no CUDA device"), std::string::npos);
-  // an sm_90 device running code compiled for compute_80 (PTX JIT): the kernel's instructions
-  // are not in that code
-  const std::string jit = detail::cuda::kernel_unsupported_reason(*hopper, true, true, 90, 80);
-  EXPECT_NE(jit.find("code compiled for compute capability 9.0"), std::string::npos) << jit;
-  EXPECT_NE(jit.find("code for 8.0"), std::string::npos) << jit;
-  EXPECT_NE(jit.find("-DCMAKE_CUDA_ARCHITECTURES=90"), std::string::npos) << jit;
-  EXPECT_EQ(detail::cuda::kernel_unsupported_reason(*hopper, true, true, 90, 90), "");
+  // the Hopper kernel (both row-group counts): 16-bit queries only, and a device of compute
+  // capability 9.0 or newer
+  for (const char* name : {"hopper_bulk_r8", "hopper_bulk_r16"}) {
+    SCOPED_TRACE(name);
+    EXPECT_NE(detail::cuda::kernel_unsupported_reason(name, DType::kFloat32, CacheDType::kAuto, 128), "");
+    const detail::cuda::KernelSpec* hopper = nullptr;
+    for (const auto& k : detail::cuda::kernel_specs())
+      if (std::string(k.name) == name) hopper = &k;
+    ASSERT_NE(hopper, nullptr) << name << " missing from the registry";
+    EXPECT_EQ(hopper->min_sm, 90);
+    EXPECT_EQ(detail::cuda::kernel_unsupported_reason(*hopper, false, true, 90), "");
+    EXPECT_EQ(detail::cuda::kernel_unsupported_reason(*hopper, false, true, 100), "");
+    EXPECT_NE(detail::cuda::kernel_unsupported_reason(*hopper, true, false, 90).find("PAGEDATTN_BULK_COPY"),
+              std::string::npos);
+    EXPECT_NE(detail::cuda::kernel_unsupported_reason(*hopper, true, true, 89).find("this device is 8.9"),
+              std::string::npos);
+    EXPECT_NE(detail::cuda::kernel_unsupported_reason(*hopper, true, true, -1).find("no CUDA device"), std::string::npos);
+    // an sm_90 device running code compiled for compute_80 (PTX JIT): the kernel's instructions
+    // are not in that code
+    const std::string jit = detail::cuda::kernel_unsupported_reason(*hopper, true, true, 90, 80);
+    EXPECT_NE(jit.find("code compiled for compute capability 9.0"), std::string::npos) << jit;
+    EXPECT_NE(jit.find("code for 8.0"), std::string::npos) << jit;
+    EXPECT_NE(jit.find("-DCMAKE_CUDA_ARCHITECTURES=90"), std::string::npos) << jit;
+    EXPECT_EQ(detail::cuda::kernel_unsupported_reason(*hopper, true, true, 90, 90), "");
+  }
   // the older kernels run on any device the build targets
   for (const auto& k : detail::cuda::kernel_specs())
     if (!k.bulk_copy) EXPECT_EQ(detail::cuda::kernel_unsupported_reason(k, true, true, 80), "") << k.name;
