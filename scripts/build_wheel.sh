@@ -36,7 +36,7 @@ whl=$(ls "$out"/wheelhouse/pagedattn-*.whl)
   echo "wheel: $(basename "$whl") $(stat -c %s "$whl") bytes (before repair: $(stat -c %s "$raw"))"
   python3 -m auditwheel show "$whl" 2>&1 | tr '\n' ' ' | sed 's/  */ /g'; echo
   mkdir -p "$out/unpacked" && rm -rf "$out/unpacked"/* && (cd "$out/unpacked" && python3 -m zipfile -e "$whl" .)
-  mod=$(ls "$out"/unpacked/pagedattn/_pagedattn*.so)
+  mod=$(ls "$out"/unpacked/pagedattn/*.so | head -1)
   echo "module: $(basename "$mod") $(stat -c %s "$mod") bytes; libraries bundled: $(ls "$out"/unpacked/pagedattn.libs 2>/dev/null | tr '\n' ' ')"
   cuobjdump=${CUOBJDUMP:-cuobjdump}
   if command -v "$cuobjdump" >/dev/null 2>&1; then

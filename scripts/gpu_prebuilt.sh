@@ -13,8 +13,9 @@
 #                 -DCMAKE_CUDA_ARCHITECTURES=80-virtual): the driver JIT-compiles it, so the
 #                 older architectures' code paths run on this card; whole suite + memcheck each
 #   *.whl         (optional) a wheel (scripts/build_wheel.sh) for this machine's python3: installed
-#                 into a fresh virtual environment (system site-packages for numpy/pytest/torch),
-#                 then the Python suite runs against it from outside the tree
+#                 into a fresh directory (pip --target; numpy/pytest/torch from the machine's python),
+#                 then the Python suite runs against it from outside the tree (WHEEL_PYTEST_ARGS: extra
+#                 pytest arguments)
 # Steps (env): SWEEPS names bench sweeps to run (auto/V1/V2 rows, --no-check, JSON + CSV);
 # SMOKE_FILTER runs first (a quick gtest filter: stops a hung kernel early),
 # SKIP_SUITE=1 skips the full suite, PAGEDATTN_SANITIZER_TOOLS (default memcheck) on SAN_FILTER,
@@ -25,8 +26,10 @@
 set -uo pipefail
 bin=${1:?usage: scripts/gpu_prebuilt.sh BIN_DIR OUT_DIR}; out=${2:?}
 root=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$out" /tmp/prebuilt
+# a fresh directory: a machine kept warm between calls still holds the previous call's binaries
+rm -rf /tmp/prebuilt; mkdir -p "$out" /tmp/prebuilt
 for f in "$bin"/*.xz; do
+  [ -f "$f" ] || continue
   n=$(basename "$f" .xz)
   python3 -c "import lzma,sys; open(sys.argv[2],'wb').write(lzma.open(sys.argv[1]).read())" "$f" /tmp/prebuilt/$n && chmod +x /tmp/prebuilt/$n
 done
@@ -132,11 +135,15 @@ done
 # a wheel, installed into a fresh environment and tested from outside the tree
 for w in "$bin"/*.whl; do
   [ -f "$w" ] || continue
-  venv=/tmp/wheel-venv; rm -rf "$venv"
-  python3 -m venv --system-site-packages "$venv" && "$venv/bin/pip" install -q --no-deps --no-index "$w" > "$out/wheel_install.log" 2>&1 || rc=1
-  mkdir -p /tmp/wheel-tests && cp -r "$root/tests/python" /tmp/wheel-tests/ && rm -rf /tmp/wheel-tests/python/__pycache__
-  (cd /tmp/wheel-tests && "$venv/bin/python" -c 'import pagedattn, sys; print(pagedattn.__file__, pagedattn.build_info())' && \
-    "$venv/bin/python" -m pytest python -q -rs -p no:cacheprovider) > "$out/wheel_pytest.log" 2>&1 || rc=1
+  # a fresh install location on the machine's python3 (its numpy/pytest/torch come from its own
+  # site-packages; the package only from the wheel)
+  site=/tmp/wheel-site; rm -rf "$site"
+  python3 -m pip install -q --no-deps --no-index --target "$site" "$w" > "$out/wheel_install.log" 2>&1 || rc=1
+  # the tests (and their data) outside the tree, so python/ of the tree is not on the path
+  rm -rf /tmp/wheel-tests && mkdir -p /tmp/wheel-tests/python && cp -r "$root/tests" /tmp/wheel-tests/ && \
+    cp -r "$root/python/tools" /tmp/wheel-tests/python/  # a test runs the repo's overhead tool
+  (cd /tmp/wheel-tests && PYTHONPATH="$site" python3 -c 'import pagedattn; print(pagedattn.__file__, pagedattn.build_info())' && \
+    PYTHONPATH="$site" python3 -m pytest tests/python -q -rs -p no:cacheprovider ${WHEEL_PYTEST_ARGS:-}) > "$out/wheel_pytest.log" 2>&1 || rc=1
   echo "wheel $(basename "$w"): $(head -1 "$out/wheel_pytest.log" | cut -c1-300) | $(tail -1 "$out/wheel_pytest.log")" | tee -a "$out/summary.txt"
 done
 echo "overall rc=$rc" | tee -a "$out/summary.txt"

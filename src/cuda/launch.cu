@@ -225,8 +225,9 @@ const KernelSpec& auto_kernel(const AutoRuleInput& in) {
   // 12 rows and q_len 4 x group 4) and at heads above 128 (+74% at q_len 4 x group 4, head 256:
   // two CTAs re-reading each page miss L2), one row group beyond (MQA 32 rows: 1-3% faster).
   // V2's fixed 512-token partitions (16 stages per CTA: the ring's fill weighs more): 3-4 rows
-  // of a 16-bit cache run fastest on the CUDA-core kernel (-3-7%), fp8 caches with 2-4 rows on
-  // the tensor-core kernel (-5%), as before the bulk kernel. Before sm_90 (the H100's v0.3
+  // of a 16-bit cache up to head 128 run fastest on the CUDA-core kernel (-3-7%; at head 256 the
+  // bulk kernel is 16% faster), fp8 caches with 2-4 rows on the tensor-core kernel (-5%), as
+  // before the bulk kernel. Before sm_90 (the H100's v0.3
   // measurements): tensor cores for more than 4 rows and for fp8 caches with 2 or more, the
   // CUDA-core kernel otherwise (91-102% of copy on MHA and 16-bit caches up to 4 rows).
   const long long rows = in.rows;
@@ -235,7 +236,7 @@ const KernelSpec& auto_kernel(const AutoRuleInput& in) {
   bool bulk = false, mma = false;
   if (hopper) {
     mma = has_mma && ((rows == 1 && in.fp8) || (in.fixed_partitions && in.fp8 && rows >= 2 && rows <= 4));
-    const bool v2_core = in.fixed_partitions && !in.fp8 && rows >= 3 && rows <= 4;
+    const bool v2_core = in.fixed_partitions && !in.fp8 && rows >= 3 && rows <= 4 && in.head_size <= 128;
     bulk = !mma && !v2_core && (rows >= 2 || in.fp8);
   } else {
     mma = has_mma && (rows > 4 || (in.fp8 && rows >= 2));

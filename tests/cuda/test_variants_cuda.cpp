@@ -386,6 +386,7 @@ TEST(KernelRegistry, AutoRule) {
   // of an fp8 cache on the tensor-core kernel; the bulk kernel elsewhere
   EXPECT_EQ(pick(4, false, true, true, 90, 90, 128, true), "cuda_core_r4");
   EXPECT_EQ(pick(3, false, true, true, 90, 90, 128, true), "cuda_core_r4");
+  EXPECT_EQ(pick(4, false, false, true, 90, 90, 256, true), "hopper_bulk_r8");  // head 256: bulk 16% faster
   EXPECT_EQ(pick(2, false, true, true, 90, 90, 128, true), "hopper_bulk_r8");
   EXPECT_EQ(pick(8, false, true, true, 90, 90, 128, true), "hopper_bulk_r8");
   EXPECT_EQ(pick(4, true, true, true, 90, 90, 128, true), "tensor_core_r8");
