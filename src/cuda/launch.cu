@@ -227,9 +227,9 @@ const KernelSpec& auto_kernel(const AutoRuleInput& in) {
   // V2's fixed 512-token partitions (16 stages per CTA: the ring's fill weighs more): 3-4 rows
   // of a 16-bit cache up to head 128 run fastest on the CUDA-core kernel (-3-7%; at head 256 the
   // bulk kernel is 16% faster), fp8 caches with 2-4 rows on the tensor-core kernel (-5%), as
-  // before the bulk kernel. Before sm_90 (the H100's v0.3
-  // measurements): tensor cores for more than 4 rows and for fp8 caches with 2 or more, the
-  // CUDA-core kernel otherwise (91-102% of copy on MHA and 16-bit caches up to 4 rows).
+  // before the bulk kernel. Before sm_90 (the H100's v0.3 measurements): tensor cores for more
+  // than 4 rows and for fp8 caches with 2 or more, the CUDA-core kernel otherwise (91-102% of
+  // copy on MHA and 16-bit caches up to 4 rows).
   const long long rows = in.rows;
   const bool hopper = in.has_bulk_instance && in.device_sm >= 90 && in.code_sm >= 90;
   const bool has_mma = in.has_tensor_core_instance;
