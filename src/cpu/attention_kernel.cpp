@@ -1,22 +1,24 @@
 // The CPU attention kernel (attention_kernel.h): one tile of query rows of a (sequence, kv
 // head) over a range of cache tokens, one cache page (block) at a time, K and V of a page
 // together, with an online softmax. Compiled once per instruction set through Google Highway
-// (foreach_target: AVX-512, AVX2 + FMA + F16C, and EMU128, Highway's portable fallback) and
-// chosen at run time (dynamic dispatch).
+// (foreach_target: AVX-512, AVX2 + FMA + F16C, and HWY_SCALAR, Highway's portable
+// fallback with this compiler) and chosen at run time (dynamic dispatch).
 //
 // Two shapes of micro-GEMM, picked by the tile's row count R (= query tokens x group):
 //
-//   * Row lanes (R > kSmallRows: GQA groups of 3+, several query tokens). A vector holds
-//     one value per query row (up to 8 rows, "a row group"). A page of K is decoded once
-//     into a float tile in the cache's own layout [D/x][BS][x] and each key element is
-//     broadcast against the rows' query vector: S[t][rows] += k[t][d] * q[d][rows] (8
-//     tokens' accumulators in registers). The softmax runs across the rows (max, exp and the
-//     running state are vectors of the row group: no horizontal reductions), and the value
-//     page, decoded once into [D][BS], is broadcast the same way into the output held as
-//     [D][rows]: O[d][rows] += v[d][t] * p[t][rows], 8 dims' accumulators in registers over
-//     the page's tokens. Neither K nor V is transposed.
-//   * Token lanes (R <= kSmallRows: MHA, group 2). One multiply-add per full vector of the
-//     cache as it lies: the logits of a token group are dot products over the x-element
+//   * Packed row lanes (R >= 3: GQA groups of 3+, several query tokens; PackedTile). A
+//     vector of 8 lanes holds 8 / P query rows times P consecutive elements of the reduced
+//     dimension (P = 2 for 3-4 rows, 1 for more), so every lane of every multiply-add works.
+//     A page of K is decoded once into a float tile in the cache's own layout [D/x][BS][x];
+//     the P adjacent dims k[t][d..d+P) are broadcast against the rows' queries:
+//     S[t][rows] += k[t][d] * q[d][rows] (8 tokens' accumulators in registers, each row's
+//     P lanes summed once per 8 tokens). The softmax runs across the rows (max, exp and the
+//     running state are vectors of the row group: no horizontal reductions). The value page,
+//     decoded once into [D][BS], is broadcast the same way, P adjacent tokens at a time, into
+//     the output held as [D][rows]: O[d][rows] += v[d][t] * p[t][rows], 8 dims'
+//     accumulators in registers over the page's tokens. Neither K nor V is transposed.
+//   * Token lanes (R <= 2: MHA, group 2; TokenLaneTile). One multiply-add per full vector of
+//     the cache as it lies: the logits of a token group are dot products over the x-element
 //     chunks, summed across lanes for several tokens together by a tree of pairwise adds,
 //     and the output is kept as per-(dim, token slot) partial sums in the value page's own
 //     layout [D][BS], reduced once at the end of the tile. The cache is decoded in registers
@@ -40,7 +42,7 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "cpu/attention_kernel.cpp"
 // Compiled targets: AVX-512 (Skylake-X and later, Zen 4), AVX2 (with FMA and F16C), and the
-// portable EMU128 fallback. SSSE3/SSE4 are left out (they would only slow the build: any x86
+// portable fallback (HWY_SCALAR with GCC 12, for which Highway 1.0.3 marks EMU128 broken). SSSE3/SSE4 are left out (they would only slow the build: any x86
 // CPU with SSE4 but no AVX2 is served by the fallback).
 #ifndef HWY_DISABLED_TARGETS
 #define HWY_DISABLED_TARGETS (HWY_SSSE3 | HWY_SSE4)
@@ -68,9 +70,6 @@ HWY_BEFORE_NAMESPACE();
 namespace pagedattn::detail::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
-
-/// Rows at most for the token-lane kernel.
-constexpr int kSmallRows = 2;
 
 /// Grow-only 64-byte aligned float scratch.
 class Scratch {
@@ -213,263 +212,15 @@ struct Pages {
   }
 };
 
-// ---------------------------------------------------------------------------------------
-// Row lanes: R > kSmallRows.
-
-template <CacheKind K>
-void RowLaneTile(const KernelCall& kc, const TileJob& job, const RowInfo& ri) {
-  using Elem = typename CacheTraits<K>::Elem;
-  constexpr int X = 16 / int(sizeof(Elem));  // elements per key chunk
-  const hn::CappedTag<float, 8> dr;          // one lane per row of a row group
-  const hn::RebindToSigned<decltype(dr)> di;
-  using VR = hn::Vec<decltype(dr)>;
-  const int N = static_cast<int>(hn::Lanes(dr));
-  const int D = kc.head_size, BS = kc.block_size, R = ri.R;
-  const int NC = (D + X - 1) / X;
-  const int RG = (R + N - 1) / N;
-  const std::size_t kpage = std::size_t(NC) * BS * X, vpage = std::size_t(D) * BS;
-
-  // Row-group arrays, [RG][...][N]: queries and outputs transposed (dim-major), states, and
-  // per-block logits, weights and keep masks.
-  ThreadScratch& s = scratch();
-  const std::size_t qT_n = std::size_t(RG) * D * N;
-  float* const buf = s.rows.get(2 * qT_n + std::size_t(RG) * N * 8 + 3 * std::size_t(BS) * N + N);
-  float* const qT = buf;
-  float* const O = qT + qT_n;
-  float* const m = O + qT_n;
-  float* const mmax = m + RG * N;
-  float* const l = mmax + RG * N;
-  float* const lane_pos = l + RG * N;  // int bits
-  float* const lane_first = lane_pos + RG * N;
-  float* const lane_slope = lane_first + RG * N;
-  float* const lane_block = lane_slope + RG * N;  // per block: all-ones where the row attends it
-  float* const lane_real = lane_block + RG * N;   // all-ones for real rows (not padding)
-  float* const sb = lane_real + RG * N;  // [BS][N] logits of one row group
-  float* const pb = sb + BS * N;         // [BS][N] weights
-  float* const kb = pb + BS * N;         // [BS][N] keep masks (masked blocks)
-  const float kNegInf = -std::numeric_limits<float>::infinity();
-  const float ones = mask_bits();
-
-  for (int g = 0; g < RG; ++g) {
-    for (int lane = 0; lane < N; ++lane) {
-      const int r = g * N + lane;
-      const bool real = r < R;
-      for (int d = 0; d < D; ++d) {
-        qT[(std::size_t(g) * D + d) * N + lane] = real ? job.q[std::size_t(r) * D + d] : 0.0f;
-        O[(std::size_t(g) * D + d) * N + lane] = 0.0f;
-      }
-      const int i = g * N + lane;
-      m[i] = mmax[i] = kNegInf;
-      l[i] = 0.0f;
-      const int pos = real ? ri.pos[r] : -1, first = real ? ri.first[r] : 0;
-      std::memcpy(&lane_pos[i], &pos, 4);
-      std::memcpy(&lane_first[i], &first, 4);
-      lane_slope[i] = real ? ri.slope[r] : 0.0f;
-      lane_real[i] = lane_block[i] = real ? ones : 0.0f;
-    }
-  }
-
-  const Pages<K> pages{kc, kc.block_tables + std::int64_t(job.seq) * kc.bt_stride, job.kv_head};
-  float* const ktile = K == CacheKind::kF32 ? nullptr : s.ktile.get(kpage);
-  float* const vtile = K == CacheKind::kF32 ? nullptr : s.vtile.get(vpage);
-  const hn::ScalableTag<float> df;
-  const int L = static_cast<int>(hn::Lanes(df));
-  const bool transform = kc.rule.soft_cap > 0.0f || kc.alibi != nullptr;
-  const int b_begin = job.t_begin / BS, b_end = (job.t_end + BS - 1) / BS;
-  const int pf = kc.prefetch_blocks;
-  for (int b = b_begin; b < std::min(b_end, b_begin + pf); ++b) pages.prefetch(b, kpage, vpage);
-
-  for (int b = b_begin; b < b_end; ++b) {
-    const int t0 = b * BS, nt = std::min(BS, job.t_end - t0);
-    // Which rows attend the block (every row, every block, without masks).
-    bool any = !ri.masks, all_full = !ri.masks;
-    if (ri.masks) {
-      for (int r = 0; r < RG * N; ++r) {
-        const std::uint8_t md = r < R ? ri.mode(kc, job.kv_head, r, t0, nt) : std::uint8_t{kNone};
-        lane_block[r] = md != kNone ? ones : 0.0f;
-        any |= md != kNone;
-        all_full &= r >= R || md == kFull;
-      }
-      if (!any) continue;
-    }
-    if (b + pf < b_end) pages.prefetch(b + pf, kpage, vpage);
-
-    // Decode the pages (fp32 pages are read in place).
-    const Elem* ksrc = pages.key(b);
-    const Elem* vsrc = pages.value(b);
-    const float* kt;
-    const float* vt;
-    if constexpr (K == CacheKind::kF32) {
-      kt = ksrc;
-      vt = vsrc;
-    } else {
-      for (std::size_t i = 0; i < kpage; i += L) hn::Store(Decode<K>(df, ksrc + i), df, ktile + i);
-      for (std::size_t i = 0; i < vpage; i += L) hn::Store(Decode<K>(df, vsrc + i), df, vtile + i);
-      kt = ktile;
-      vt = vtile;
-    }
-
-    for (int g = 0; g < RG; ++g) {
-      const std::size_t gi = std::size_t(g) * N;
-      if (ri.masks && hn::AllFalse(dr, hn::MaskFromVec(hn::Load(dr, lane_block + gi)))) continue;
-      const float* q = qT + std::size_t(g) * D * N;
-
-      // Logits of 8 tokens at a time: S[t][rows] = sum_d k[t][d] * q[d][rows].
-      for (int tt = 0; tt < nt; tt += 8) {
-        VR a0 = hn::Zero(dr), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-        for (int c = 0; c < NC; ++c) {
-          const int w = std::min(X, D - c * X);
-          const float* kc0 = kt + (std::size_t(c) * BS + tt) * X;
-          const float* qc = q + std::size_t(c) * X * N;
-          for (int i = 0; i < w; ++i) {
-            const VR qv = hn::Load(dr, qc + i * N);
-            const float* k = kc0 + i;
-            a0 = hn::MulAdd(hn::Set(dr, k[0 * X]), qv, a0);
-            a1 = hn::MulAdd(hn::Set(dr, k[1 * X]), qv, a1);
-            a2 = hn::MulAdd(hn::Set(dr, k[2 * X]), qv, a2);
-            a3 = hn::MulAdd(hn::Set(dr, k[3 * X]), qv, a3);
-            a4 = hn::MulAdd(hn::Set(dr, k[4 * X]), qv, a4);
-            a5 = hn::MulAdd(hn::Set(dr, k[5 * X]), qv, a5);
-            a6 = hn::MulAdd(hn::Set(dr, k[6 * X]), qv, a6);
-            a7 = hn::MulAdd(hn::Set(dr, k[7 * X]), qv, a7);
-          }
-        }
-        float* o = sb + std::size_t(tt) * N;
-        hn::Store(a0, dr, o + 0 * N);
-        hn::Store(a1, dr, o + 1 * N);
-        hn::Store(a2, dr, o + 2 * N);
-        hn::Store(a3, dr, o + 3 * N);
-        hn::Store(a4, dr, o + 4 * N);
-        hn::Store(a5, dr, o + 5 * N);
-        hn::Store(a6, dr, o + 6 * N);
-        hn::Store(a7, dr, o + 7 * N);
-      }
-
-      // Soft-cap, ALiBi, masks; block max (NaN tracked apart: x86 max drops it).
-      const auto posv = hn::BitCast(dr, hn::Load(dr, lane_pos + gi));
-      const auto real = hn::MaskFromVec(hn::Load(dr, lane_real + gi));
-      VR bm = hn::Set(dr, kNegInf);
-      auto nan = hn::MaskFromVec(hn::Zero(dr));
-      if (transform || !all_full) {
-        const auto pos = hn::BitCast(di, posv);
-        const auto first = hn::BitCast(di, hn::Load(dr, lane_first + gi));
-        const VR slope = hn::Load(dr, lane_slope + gi);
-        const auto attend = hn::MaskFromVec(hn::Load(dr, lane_block + gi));
-        for (int t = 0; t < nt; ++t) {
-          VR v = hn::Load(dr, sb + std::size_t(t) * N);
-          if (kc.rule.soft_cap > 0.0f) v = SoftCap(dr, v, kc.rule.soft_cap, kc.rule.inv_soft_cap);
-          const auto tv = hn::Set(di, t0 + t);
-          if (kc.alibi != nullptr) v = hn::Add(v, hn::Mul(slope, hn::ConvertTo(dr, hn::Sub(tv, pos))));
-          if (!all_full) {
-            const auto keep = hn::And(attend, hn::RebindMask(dr, hn::And(hn::Not(hn::Lt(tv, first)), hn::Not(hn::Gt(tv, pos)))));
-            v = hn::IfThenElse(keep, v, hn::Set(dr, kNegInf));
-            hn::Store(hn::VecFromMask(dr, keep), dr, kb + std::size_t(t) * N);
-          }
-          nan = hn::Or(nan, hn::IsNaN(v));
-          bm = hn::Max(bm, v);
-          hn::Store(v, dr, sb + std::size_t(t) * N);
-        }
-      } else {
-        for (int t = 0; t < nt; ++t) {
-          const VR v = hn::Load(dr, sb + std::size_t(t) * N);
-          nan = hn::Or(nan, hn::IsNaN(v));
-          bm = hn::Max(bm, v);
-        }
-      }
-      bm = hn::IfThenElse(hn::And(nan, real), hn::Set(dr, std::numeric_limits<float>::quiet_NaN()), bm);
-
-      // Online softmax across the row group's lanes.
-      VR mv = hn::Load(dr, m + gi);
-      hn::Store(MaxNan(dr, hn::Load(dr, mmax + gi), bm), dr, mmax + gi);
-      const VR mn = MaxNan(dr, mv, bm);
-      const auto grow = hn::Or(hn::Gt(mn, hn::Add(mv, hn::Set(dr, kLazyRescale))), hn::IsNaN(mn));
-      VR lv = hn::Load(dr, l + gi);
-      if (!hn::AllFalse(dr, grow)) {
-        const VR alpha = hn::IfThenElse(grow, hn::Exp(dr, hn::Sub(mv, mn)), hn::Set(dr, 1.0f));
-        mv = hn::IfThenElse(grow, mn, mv);
-        hn::Store(mv, dr, m + gi);
-        lv = hn::Mul(lv, alpha);
-        float* og = O + std::size_t(g) * D * N;
-        for (int d = 0; d < D; ++d) hn::Store(hn::Mul(hn::Load(dr, og + d * N), alpha), dr, og + d * N);
-      }
-      const VR mu = hn::IfThenElseZero(hn::Ne(mv, hn::Set(dr, kNegInf)), mv);  // exp(-inf - 0) = 0
-      for (int t = 0; t < nt; ++t) {
-        const VR p = hn::Exp(dr, hn::Sub(hn::Load(dr, sb + std::size_t(t) * N), mu));
-        lv = hn::Add(lv, p);
-        hn::Store(p, dr, pb + std::size_t(t) * N);
-      }
-      hn::Store(lv, dr, l + gi);
-
-      // Values: O[d][rows] += v[d][t] * p[t][rows], 8 dims at a time (D is a multiple of 8).
-      // A block some row masks multiplies in only the kept (row, token) pairs: a masked
-      // weight is 0, but the value it would meet may be NaN.
-      float* og = O + std::size_t(g) * D * N;
-      for (int d0 = 0; d0 < D; d0 += 8) {
-        float* o = og + std::size_t(d0) * N;
-        VR a0 = hn::Load(dr, o + 0 * N), a1 = hn::Load(dr, o + 1 * N), a2 = hn::Load(dr, o + 2 * N),
-           a3 = hn::Load(dr, o + 3 * N), a4 = hn::Load(dr, o + 4 * N), a5 = hn::Load(dr, o + 5 * N),
-           a6 = hn::Load(dr, o + 6 * N), a7 = hn::Load(dr, o + 7 * N);
-        const float* v = vt + std::size_t(d0) * BS;
-        if (all_full) {
-          for (int t = 0; t < nt; ++t) {
-            const VR p = hn::Load(dr, pb + std::size_t(t) * N);
-            a0 = hn::MulAdd(hn::Set(dr, v[0 * BS + t]), p, a0);
-            a1 = hn::MulAdd(hn::Set(dr, v[1 * BS + t]), p, a1);
-            a2 = hn::MulAdd(hn::Set(dr, v[2 * BS + t]), p, a2);
-            a3 = hn::MulAdd(hn::Set(dr, v[3 * BS + t]), p, a3);
-            a4 = hn::MulAdd(hn::Set(dr, v[4 * BS + t]), p, a4);
-            a5 = hn::MulAdd(hn::Set(dr, v[5 * BS + t]), p, a5);
-            a6 = hn::MulAdd(hn::Set(dr, v[6 * BS + t]), p, a6);
-            a7 = hn::MulAdd(hn::Set(dr, v[7 * BS + t]), p, a7);
-          }
-        } else {
-          for (int t = 0; t < nt; ++t) {
-            const VR p = hn::Load(dr, pb + std::size_t(t) * N);
-            const auto k = hn::MaskFromVec(hn::Load(dr, kb + std::size_t(t) * N));
-            a0 = hn::IfThenElse(k, hn::MulAdd(hn::Set(dr, v[0 * BS + t]), p, a0), a0);
-            a1 = hn::IfThenElse(k, hn::MulAdd(hn::Set(dr, v[1 * BS + t]), p, a1), a1);
-            a2 = hn::IfThenElse(k, hn::MulAdd(hn::Set(dr, v[2 * BS + t]), p, a2), a2);
-            a3 = hn::IfThenElse(k, hn::MulAdd(hn::Set(dr, v[3 * BS + t]), p, a3), a3);
-            a4 = hn::IfThenElse(k, hn::MulAdd(hn::Set(dr, v[4 * BS + t]), p, a4), a4);
-            a5 = hn::IfThenElse(k, hn::MulAdd(hn::Set(dr, v[5 * BS + t]), p, a5), a5);
-            a6 = hn::IfThenElse(k, hn::MulAdd(hn::Set(dr, v[6 * BS + t]), p, a6), a6);
-            a7 = hn::IfThenElse(k, hn::MulAdd(hn::Set(dr, v[7 * BS + t]), p, a7), a7);
-          }
-        }
-        hn::Store(a0, dr, o + 0 * N);
-        hn::Store(a1, dr, o + 1 * N);
-        hn::Store(a2, dr, o + 2 * N);
-        hn::Store(a3, dr, o + 3 * N);
-        hn::Store(a4, dr, o + 4 * N);
-        hn::Store(a5, dr, o + 5 * N);
-        hn::Store(a6, dr, o + 6 * N);
-        hn::Store(a7, dr, o + 7 * N);
-      }
-    }
-  }
-
-  for (int r = 0; r < R; ++r) {
-    const int g = r / N, lane = r % N;
-    job.m[r] = m[r];
-    job.m_max[r] = mmax[r];
-    job.l[r] = l[r];
-    const float* og = O + std::size_t(g) * D * N + lane;
-    float* o = job.o + std::size_t(r) * D;
-    for (int d = 0; d < D; ++d) o[d] = og[std::size_t(d) * N];
-  }
-}
-
-// ---------------------------------------------------------------------------------------
-// Token lanes: R <= kSmallRows.
-
-/// Sums of groups of `gs` consecutive floats of v[0..n) (n vectors, n * L floats; gs a power
-/// of two), left in order in the first n * L / gs lanes of v[0..): pairwise adds of the even
-/// and odd lanes (ConcatEven/ConcatOdd keep the order), one vector pair at a time, then a
-/// vector with itself once one is left.
+/// Sums of groups of `gs` consecutive floats of v[0..n) (n vectors; gs a power of two),
+/// left in order in the first n * Lanes / gs lanes of v[0..): whole vectors of one group are
+/// added first, then pairwise adds of even and odd lanes (ConcatEven/ConcatOdd keep the
+/// order), one vector pair at a time, then a vector with itself once one is left. Returns
+/// the vectors holding the sums.
 template <class DF, class V>
 HWY_INLINE int GroupSums(DF df, V* v, int n, int gs) {
   const int L = static_cast<int>(hn::Lanes(df));
-  if (gs > L) {  // whole vectors of one group first
+  if (gs > L) {
     const int per = gs / L;
     for (int k = 0; k < n / per; ++k) {
       V s = v[k * per];
@@ -492,10 +243,275 @@ HWY_INLINE int GroupSums(DF df, V* v, int n, int gs) {
     }
     gs /= 2;
   }
+#else
+  (void)df;
+  (void)v;
+  (void)gs;
 #endif
   return n;
 }
 
+/// P consecutive floats at p, repeated across the vector (P = 1: a broadcast; P = lanes: a
+/// load).
+template <int P, class D>
+HWY_INLINE hn::Vec<D> BroadcastP(D d, const float* p) {
+  if constexpr (P == 1) {
+    return hn::Set(d, *p);
+  } else if constexpr (P == 2) {
+    const hn::Repartition<double, D> dd;
+    double pair;
+    std::memcpy(&pair, p, sizeof pair);
+    return hn::BitCast(d, hn::Set(dd, pair));
+  } else if constexpr (P == 4) {
+    return hn::LoadDup128(d, p);
+  } else {
+    return hn::LoadU(d, p);
+  }
+}
+
+/// One tile, one page at a time. A vector of W = 8 lanes holds RPG = 8 / P query rows times
+/// P consecutive elements of the reduced dimension (lane = row * P + j):
+///   logits  S[t][rows] = sum_d k[t][d] * q[d][rows]: the P dims k[t][d..d+P) (adjacent in
+///           the key page) broadcast against the rows' queries laid out [d / P][row][j]; a
+///           tree of pairwise adds sums each row's P lanes once per 8 tokens;
+///   values  O[d][rows] += v[d][t] * p[t][rows]: the P tokens v[d][t..t+P) (adjacent in the
+///           value page) broadcast against the weights laid out [t / P][row][j]; each row's P
+///           lanes are summed once at the end of the tile.
+/// P = 8 / (rows rounded up to a power of two, at most 8): MHA (one row) reads 8 dims /
+/// 8 tokens per multiply-add, a group of 8 broadcasts one element against 8 rows; every lane
+/// of every multiply-add does useful work for R = 1, 2, 4, 8.
+template <CacheKind K, int P>
+void PackedTile(const KernelCall& kc, const TileJob& job, const RowInfo& ri) {
+  using Elem = typename CacheTraits<K>::Elem;
+  constexpr int X = 16 / int(sizeof(Elem));  // elements per key chunk
+  static_assert(P <= X, "a pack of P dims lies inside one key chunk");
+  const hn::CappedTag<float, 8> dr;          // W lanes
+  const hn::CappedTag<float, 8 / P> dn;      // one lane per row of a row group
+  const hn::RebindToSigned<decltype(dn)> di;
+  using VR = hn::Vec<decltype(dr)>;
+  using VN = hn::Vec<decltype(dn)>;
+  const int W = static_cast<int>(hn::Lanes(dr));
+  const int RPG = static_cast<int>(hn::Lanes(dn));
+  const int D = kc.head_size, BS = kc.block_size, R = ri.R;
+  const int NC = (D + X - 1) / X;
+  const int RG = (R + RPG - 1) / RPG;
+  const int BP = BS / P;  // token packs per block
+  const std::size_t kpage = std::size_t(NC) * BS * X, vpage = std::size_t(D) * BS;
+  const float kNegInf = -std::numeric_limits<float>::infinity();
+  const float ones = mask_bits();
+
+  // Scratch: queries [RG][D / P][W], outputs [RG][D][W], per-row states and facts [RG][RPG],
+  // one block's logits [BS][RPG], weights and keep masks [BS / P][W].
+  ThreadScratch& s = scratch();
+  const std::size_t qn = std::size_t(RG) * D * RPG, rn = std::size_t(RG) * RPG;
+  float* const buf = s.rows.get(2 * std::size_t(RG) * D * W + 8 * rn + std::size_t(BS) * RPG + 2 * std::size_t(BP) * W + 2 * W);
+  float* const qT = buf;
+  float* const O = qT + qn;
+  float* const m = O + std::size_t(RG) * D * W;
+  float* const mmax = m + rn;
+  float* const l = mmax + rn;
+  float* const row_pos = l + rn;  // int bits
+  float* const row_first = row_pos + rn;
+  float* const row_slope = row_first + rn;
+  float* const row_block = row_slope + rn;  // per block: all-ones where the row attends it
+  float* const row_real = row_block + rn;   // all-ones for real rows (not padding)
+  float* const sb = row_real + rn;
+  float* const pb = sb + std::size_t(BS) * RPG;
+  float* const kb = pb + std::size_t(BP) * W;
+  float* const tmp = kb + std::size_t(BP) * W;  // [2 W]
+
+  for (int r = 0; r < RG * RPG; ++r) {
+    const bool real = r < R;
+    const int g = r / RPG, rl = r % RPG;
+    for (int d = 0; d < D; ++d) qT[(std::size_t(g) * D + d - d % P) * RPG + rl * P + d % P] = real ? job.q[std::size_t(r) * D + d] : 0.0f;
+    m[r] = mmax[r] = kNegInf;
+    l[r] = 0.0f;
+    const int pos = real ? ri.pos[r] : -1, first = real ? ri.first[r] : 0;
+    std::memcpy(&row_pos[r], &pos, 4);
+    std::memcpy(&row_first[r], &first, 4);
+    row_slope[r] = real ? ri.slope[r] : 0.0f;
+    row_real[r] = row_block[r] = real ? ones : 0.0f;
+  }
+  std::fill(O, O + std::size_t(RG) * D * W, 0.0f);
+
+  const Pages<K> pages{kc, kc.block_tables + std::int64_t(job.seq) * kc.bt_stride, job.kv_head};
+  float* const ktile = K == CacheKind::kF32 ? nullptr : s.ktile.get(kpage);
+  float* const vtile = K == CacheKind::kF32 ? nullptr : s.vtile.get(vpage);
+  const hn::ScalableTag<float> df;
+  const int L = static_cast<int>(hn::Lanes(df));
+  const bool transform = kc.rule.soft_cap > 0.0f || kc.alibi != nullptr;
+  const int b_begin = job.t_begin / BS, b_end = (job.t_end + BS - 1) / BS;
+  const int pf = kc.prefetch_blocks;
+  for (int b = b_begin; b < std::min(b_end, b_begin + pf); ++b) pages.prefetch(b, kpage, vpage);
+
+  for (int b = b_begin; b < b_end; ++b) {
+    const int t0 = b * BS, nt = std::min(BS, job.t_end - t0);
+    // Which rows attend the block (without masks: every row, every block).
+    bool all_full = !ri.masks;
+    if (ri.masks) {
+      bool any = false;
+      for (int r = 0; r < RG * RPG; ++r) {
+        const std::uint8_t md = r < R ? ri.mode(kc, job.kv_head, r, t0, nt) : std::uint8_t{kNone};
+        row_block[r] = md != kNone ? ones : 0.0f;
+        any |= md != kNone;
+        all_full &= r >= R || md == kFull;
+      }
+      if (!any) continue;
+    }
+    // A block cut by the sequence's end, or that some row masks, multiplies in only the kept
+    // (row, token) pairs: a masked weight is 0, but the value it would meet may be NaN.
+    const bool masked = !all_full || nt != BS;
+    if (b + pf < b_end) pages.prefetch(b + pf, kpage, vpage);
+
+    // K and V pages as floats (fp32 pages are read in place).
+    const Elem* ksrc = pages.key(b);
+    const Elem* vsrc = pages.value(b);
+    const float* kt;
+    const float* vt;
+    if constexpr (K == CacheKind::kF32) {
+      kt = ksrc;
+      vt = vsrc;
+    } else {
+      for (std::size_t i = 0; i < kpage; i += L) hn::Store(Decode<K>(df, ksrc + i), df, ktile + i);
+      for (std::size_t i = 0; i < vpage; i += L) hn::Store(Decode<K>(df, vsrc + i), df, vtile + i);
+      kt = ktile;
+      vt = vtile;
+    }
+
+    for (int g = 0; g < RG; ++g) {
+      const std::size_t gi = std::size_t(g) * RPG;
+      if (ri.masks && hn::AllFalse(dn, hn::MaskFromVec(hn::LoadU(dn, row_block + gi)))) continue;
+      const float* q = qT + std::size_t(g) * D * RPG;
+
+      // Logits of 8 tokens at a time.
+      for (int tt = 0; tt < nt; tt += 8) {
+        VR a[8];
+        for (int u = 0; u < 8; ++u) a[u] = hn::Zero(dr);
+        for (int c = 0; c < NC; ++c) {
+          const int w = std::min(X, D - c * X);
+          const float* kc0 = kt + (std::size_t(c) * BS + tt) * X;
+          const float* qc = q + std::size_t(c) * X * RPG;
+          for (int i = 0; i < w; i += P) {
+            const VR qv = hn::Load(dr, qc + i * RPG);
+            const float* k = kc0 + i;
+            for (int u = 0; u < 8; ++u) a[u] = hn::MulAdd(BroadcastP<P>(dr, k + u * X), qv, a[u]);
+          }
+        }
+        const int n = GroupSums(dr, a, 8, P);  // token-major: 8 tokens x RPG rows
+        for (int j = 0; j < n; ++j) hn::StoreU(a[j], dr, sb + std::size_t(tt) * RPG + j * W);
+      }
+
+      // Soft-cap, ALiBi, masks; block max (NaN tracked apart: x86 max drops it).
+      const auto real = hn::MaskFromVec(hn::LoadU(dn, row_real + gi));
+      const auto pos = hn::BitCast(di, hn::LoadU(dn, row_pos + gi));
+      VN bm = hn::Set(dn, kNegInf);
+      auto nan = hn::MaskFromVec(hn::Zero(dn));
+      if (transform || masked) {
+        const auto first = hn::BitCast(di, hn::LoadU(dn, row_first + gi));
+        const VN slope = hn::LoadU(dn, row_slope + gi);
+        const auto attend = hn::MaskFromVec(hn::LoadU(dn, row_block + gi));
+        for (int t = 0; t < nt; ++t) {
+          VN v = hn::LoadU(dn, sb + std::size_t(t) * RPG);
+          if (kc.rule.soft_cap > 0.0f) v = SoftCap(dn, v, kc.rule.soft_cap, kc.rule.inv_soft_cap);
+          const auto tv = hn::Set(di, t0 + t);
+          if (kc.alibi != nullptr) v = hn::Add(v, hn::Mul(slope, hn::ConvertTo(dn, hn::Sub(tv, pos))));
+          if (masked) {
+            const auto keep =
+                hn::And(attend, hn::RebindMask(dn, hn::And(hn::Not(hn::Lt(tv, first)), hn::Not(hn::Gt(tv, pos)))));
+            v = hn::IfThenElse(keep, v, hn::Set(dn, kNegInf));
+            hn::StoreU(hn::VecFromMask(dn, keep), dn, tmp);
+            for (int rl = 0; rl < RPG; ++rl) kb[std::size_t(t / P) * W + rl * P + t % P] = tmp[rl];
+          }
+          nan = hn::Or(nan, hn::IsNaN(v));
+          bm = hn::Max(bm, v);
+          hn::StoreU(v, dn, sb + std::size_t(t) * RPG);
+        }
+        if (masked)  // slots past the sequence's end in the last token pack
+          for (int t = nt; t < (nt + P - 1) / P * P; ++t)
+            for (int rl = 0; rl < RPG; ++rl) kb[std::size_t(t / P) * W + rl * P + t % P] = 0.0f;
+      } else {
+        for (int t = 0; t < nt; ++t) {
+          const VN v = hn::LoadU(dn, sb + std::size_t(t) * RPG);
+          nan = hn::Or(nan, hn::IsNaN(v));
+          bm = hn::Max(bm, v);
+        }
+      }
+      bm = hn::IfThenElse(hn::And(nan, real), hn::Set(dn, std::numeric_limits<float>::quiet_NaN()), bm);
+
+      // Online softmax across the row group's lanes; rescale lazily.
+      VN mv = hn::LoadU(dn, m + gi);
+      hn::StoreU(MaxNan(dn, hn::LoadU(dn, mmax + gi), bm), dn, mmax + gi);
+      const VN mn = MaxNan(dn, mv, bm);
+      const auto grow = hn::Or(hn::Gt(mn, hn::Add(mv, hn::Set(dn, kLazyRescale))), hn::IsNaN(mn));
+      VN lv = hn::LoadU(dn, l + gi);
+      if (!hn::AllFalse(dn, grow)) {
+        const VN alpha = hn::IfThenElse(grow, hn::Exp(dn, hn::Sub(mv, mn)), hn::Set(dn, 1.0f));
+        mv = hn::IfThenElse(grow, mn, mv);
+        hn::StoreU(mv, dn, m + gi);
+        lv = hn::Mul(lv, alpha);
+        hn::StoreU(alpha, dn, tmp);
+        for (int lane = W - 1; lane >= 0; --lane) tmp[lane] = tmp[lane / P];  // row r -> lanes r * P + j
+        const VR aw = hn::LoadU(dr, tmp);
+        float* og = O + std::size_t(g) * D * W;
+        for (int d = 0; d < D; ++d) hn::Store(hn::Mul(hn::Load(dr, og + d * W), aw), dr, og + d * W);
+      }
+      const VN mu = hn::IfThenElseZero(hn::Ne(mv, hn::Set(dn, kNegInf)), mv);  // exp(-inf - 0) = 0
+      for (int t = 0; t < nt; ++t) {
+        const VN p = hn::Exp(dn, hn::Sub(hn::LoadU(dn, sb + std::size_t(t) * RPG), mu));
+        lv = hn::Add(lv, p);
+        hn::StoreU(p, dn, tmp);
+        for (int rl = 0; rl < RPG; ++rl) pb[std::size_t(t / P) * W + rl * P + t % P] = tmp[rl];
+      }
+      for (int t = nt; t < (nt + P - 1) / P * P; ++t)
+        for (int rl = 0; rl < RPG; ++rl) pb[std::size_t(t / P) * W + rl * P + t % P] = 0.0f;
+      hn::StoreU(lv, dn, l + gi);
+
+      // Values, 8 dims at a time (D is a multiple of 8).
+      const int np = (nt + P - 1) / P;
+      float* og = O + std::size_t(g) * D * W;
+      for (int d0 = 0; d0 < D; d0 += 8) {
+        float* o = og + std::size_t(d0) * W;
+        VR a[8];
+        for (int u = 0; u < 8; ++u) a[u] = hn::Load(dr, o + u * W);
+        const float* v = vt + std::size_t(d0) * BS;
+        if (!masked) {
+          for (int tp = 0; tp < BP; ++tp) {
+            const VR p = hn::Load(dr, pb + std::size_t(tp) * W);
+            for (int u = 0; u < 8; ++u) a[u] = hn::MulAdd(BroadcastP<P>(dr, v + u * BS + tp * P), p, a[u]);
+          }
+        } else {
+          for (int tp = 0; tp < np; ++tp) {
+            const VR p = hn::Load(dr, pb + std::size_t(tp) * W);
+            const auto k = hn::MaskFromVec(hn::Load(dr, kb + std::size_t(tp) * W));
+            for (int u = 0; u < 8; ++u)
+              a[u] = hn::IfThenElse(k, hn::MulAdd(BroadcastP<P>(dr, v + u * BS + tp * P), p, a[u]), a[u]);
+          }
+        }
+        for (int u = 0; u < 8; ++u) hn::Store(a[u], dr, o + u * W);
+      }
+    }
+  }
+
+  for (int r = 0; r < R; ++r) {
+    const int g = r / RPG, rl = r % RPG;
+    job.m[r] = m[r];
+    job.m_max[r] = mmax[r];
+    job.l[r] = l[r];
+    const float* og = O + std::size_t(g) * D * W + rl * P;
+    float* o = job.o + std::size_t(r) * D;
+    for (int d = 0; d < D; ++d) {
+      float sum = 0.0f;
+      for (int j = 0; j < P; ++j) sum += og[std::size_t(d) * W + j];
+      o[d] = sum;
+    }
+  }
+}
+
+/// The token-lane kernel, for one or two rows (MHA, group 2): one multiply-add per full
+/// vector of the cache as it lies, decoded in registers (no tile). The logits of a token group
+/// are dot products over the x-element key chunks, summed across lanes for several tokens at
+/// once (GroupSums); the output is kept as per-(dim, token slot) partial sums in the value
+/// page's own layout [D][BS], reduced once at the end of the tile.
 template <CacheKind K, int NR, int BS>
 void TokenLaneTile(const KernelCall& kc, const TileJob& job, const RowInfo& ri) {
   using Elem = typename CacheTraits<K>::Elem;
@@ -695,7 +711,10 @@ void Tile(const KernelCall& kc, const TileJob& job) {
   // Without a window, block-sparse or several query tokens every row attends every token of
   // the range (the range ends at the sequence's length, the rows' position + 1).
   ri.masks = kc.rule.window_left >= 0 || kc.rule.sparse || job.ntok > 1;
-  if (R <= kSmallRows) {
+  // One or two rows: token lanes (full vectors, cache decoded in registers). More: packed
+  // row lanes, two dims / tokens per row for 3-4 rows so every lane works (the portable
+  // target has one lane: P = 1).
+  if (R <= 2) {
     switch (kc.block_size * 4 + R) {
       case 8 * 4 + 1: return TokenLaneTile<K, 1, 8>(kc, job, ri);
       case 16 * 4 + 1: return TokenLaneTile<K, 1, 16>(kc, job, ri);
@@ -705,7 +724,10 @@ void Tile(const KernelCall& kc, const TileJob& job) {
       default: return TokenLaneTile<K, 2, 32>(kc, job, ri);
     }
   }
-  RowLaneTile<K>(kc, job, ri);
+  if constexpr (hn::MaxLanes(hn::CappedTag<float, 8>()) == 8) {
+    if (R <= 4) return PackedTile<K, 2>(kc, job, ri);
+  }
+  PackedTile<K, 1>(kc, job, ri);
 }
 
 void AttendTile(const KernelCall& kc, const TileJob& job) {
