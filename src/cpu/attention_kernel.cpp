@@ -42,8 +42,8 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "cpu/attention_kernel.cpp"
 // Compiled targets: AVX-512 (Skylake-X and later, Zen 4), AVX2 (with FMA and F16C), and the
-// portable fallback (HWY_SCALAR with GCC 12, for which Highway 1.0.3 marks EMU128 broken). SSSE3/SSE4 are left out (they would only slow the build: any x86
-// CPU with SSE4 but no AVX2 is served by the fallback).
+// portable fallback (Highway 1.0.3 builds HWY_SCALAR here). SSSE3/SSE4 are left out (they
+// would only slow the build: an x86 CPU with SSE4 but no AVX2 is served by the fallback).
 #ifndef HWY_DISABLED_TARGETS
 #define HWY_DISABLED_TARGETS (HWY_SSSE3 | HWY_SSE4)
 #endif

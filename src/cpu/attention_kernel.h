@@ -66,7 +66,7 @@ constexpr float kLazyRescale = 8.0f;
 void attend_tile(const KernelCall& kc, const TileJob& job);
 
 /// Name of the instruction set attend_tile runs: Highway's name of the best target this CPU
-/// supports ("AVX3", "AVX2", "EMU128", ...), or the one PAGEDATTN_CPU_KERNEL names (a testing
+/// supports ("AVX3", "AVX2", "SCALAR"), or the one PAGEDATTN_CPU_KERNEL names (a testing
 /// and measuring knob; an unknown or unsupported name falls back to the best target).
 std::string cpu_kernel_target();
 /// Names of the compiled targets this CPU can run, best first.
