@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building and testing pagedattn needs on a fresh Debian machine (idempotent):
-# CMake, Ninja, GoogleTest, CLI11, nlohmann-json from Debian; NumPy, pytest, nanobind and
+# CMake, Ninja, GoogleTest, CLI11, nlohmann-json, Google Highway (libhwy-dev) from Debian; NumPy, pytest, nanobind and
 # scikit-build-core from PyPI. The CUDA toolkit (nvcc) is expected to be present already.
 set -euo pipefail
 need_apt=()
 dpkg -s libgtest-dev >/dev/null 2>&1 || need_apt+=(libgtest-dev)
 dpkg -s libcli11-dev >/dev/null 2>&1 || need_apt+=(libcli11-dev)
 dpkg -s nlohmann-json3-dev >/dev/null 2>&1 || need_apt+=(nlohmann-json3-dev)
+dpkg -s libhwy-dev >/dev/null 2>&1 || need_apt+=(libhwy-dev)
 command -v ninja >/dev/null 2>&1 || need_apt+=(ninja-build)
 command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
 if [ ${#need_apt[@]} -gt 0 ]; then

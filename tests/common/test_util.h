@@ -20,6 +20,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "core/numeric.h"
 #include "pagedattn/attention.h"
 #include "pagedattn/fp8.h"
@@ -187,6 +191,24 @@ struct HostTensor {
   }
 };
 
+/// Advises the 2 MiB-aligned interior of a large host allocation as transparent huge pages
+/// (a cache read page by page from scattered places misses the TLB far less; advice only,
+/// ignored where THP is off). The allocation stays a std::vector, whose resize has already
+/// zero-filled it with small pages: the advice lets khugepaged collapse them (the bench, whose
+/// KV pools are large, advises its pools before first touch: tools/bench_cpu.cpp).
+inline void advise_huge_pages(void* p, std::size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr std::uintptr_t kHuge = std::uintptr_t(2) << 20;
+  if (bytes < 2 * kHuge) return;
+  const std::uintptr_t lo = (reinterpret_cast<std::uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const std::uintptr_t hi = (reinterpret_cast<std::uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
 /// A packed row-major tensor, zero-filled.
 inline HostTensor make_tensor(DType dtype, std::initializer_list<std::int64_t> shape) {
   HostTensor h;
@@ -203,6 +225,7 @@ inline HostTensor make_strided(DType dtype, std::initializer_list<std::int64_t> 
   HostTensor h;
   h.view = TensorView::strided(nullptr, dtype, shape, strides);
   h.storage.assign(static_cast<std::size_t>(std::max<std::int64_t>(alloc_elems, 1)) * dtype_size(dtype), 0);
+  advise_huge_pages(h.storage.data(), h.storage.size());
   h.offset_bytes = static_cast<std::size_t>(offset) * dtype_size(dtype);
   h.rebind();
   return h;

@@ -11,9 +11,14 @@
 #include <string>
 #include <vector>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 #include "common/test_util.h"
 #include "core/validate.h"
 #include "core/check.h"
+#include "cpu/attention_kernel.h"
 #include "pagedattn/attention.h"
 #include "reference/reference.h"
 
@@ -676,30 +681,40 @@ TEST(CpuAttention, NanInCacheReachesTheRowsAttendingIt) {
         }
 }
 
-/// Skips (visibly) where there is no AVX2 + F16C + FMA copy of the kernel to compare with the
-/// generic one (both runs would take the generic copy).
-#if defined(__x86_64__) || defined(__i386__)
-#define PAGEDATTN_SKIP_WITHOUT_AVX2_COPY()                                                                   \
-  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("f16c") || !__builtin_cpu_supports("fma")) \
-  GTEST_SKIP() << "this CPU has no AVX2 + F16C + FMA: only the generic kernel copy runs here"
-#else
-#define PAGEDATTN_SKIP_WITHOUT_AVX2_COPY() GTEST_SKIP() << "not an x86 CPU: only the generic kernel copy is built"
-#endif
-
-/// Forces the generic kernel copy while alive, and always lets go of it (even when a check throws).
-struct ForceGeneric {
-  ForceGeneric() { ::setenv("PAGEDATTN_CPU_KERNEL", "generic", 1); }
-  ~ForceGeneric() { ::unsetenv("PAGEDATTN_CPU_KERNEL"); }
+/// Forces one kernel target (PAGEDATTN_CPU_KERNEL) while alive, and always lets go of it
+/// (even when a check throws).
+struct ForceTarget {
+  explicit ForceTarget(const std::string& name) { ::setenv("PAGEDATTN_CPU_KERNEL", name.c_str(), 1); }
+  ~ForceTarget() { ::unsetenv("PAGEDATTN_CPU_KERNEL"); }
 };
 
-// The backend carries two copies of its kernel (AVX2 + F16C + FMA, chosen at run time, and
-// baseline x86-64; PAGEDATTN_CPU_KERNEL=generic forces the latter). The AVX2 copy fuses its
-// multiply-adds, so the two are not bit for bit equal: each must match the float64 reference
-// within the dtype's tolerance, and each must give the same bits when run again. Skipped
-// where there is no AVX2 copy to compare (both runs would take the generic one).
+/// The compiled kernel targets this CPU runs (Highway's names, best first).
+std::vector<std::string> targets_here() { return detail::cpu::cpu_kernel_targets(); }
+
+TEST(CpuAttention, KernelTargetsKnob) {
+  const std::vector<std::string> ts = targets_here();
+  ASSERT_FALSE(ts.empty());
+  EXPECT_EQ(detail::cpu::cpu_kernel_target(), ts.front());
+  for (const std::string& t : ts) {
+    ForceTarget force(t);
+    EXPECT_EQ(detail::cpu::cpu_kernel_target(), t);
+  }
+  {
+    ForceTarget force("generic");
+    EXPECT_EQ(detail::cpu::cpu_kernel_target(), ts.back());
+  }
+  ForceTarget force("no-such-target");
+  EXPECT_EQ(detail::cpu::cpu_kernel_target(), ts.front());
+}
+
+// The backend carries one copy of its kernel per instruction set (Highway targets: AVX-512,
+// AVX2, the scalar fallback), chosen at run time; PAGEDATTN_CPU_KERNEL forces one. They are
+// not bit for bit equal (vector widths and fused multiply-adds differ): each must match the
+// float64 reference within the dtype's tolerance, and each must give the same bits when run
+// again. Every target this CPU supports runs.
 TEST(CpuAttention, KernelCopiesMatchReferenceAndRepeat) {
-  PAGEDATTN_SKIP_WITHOUT_AVX2_COPY();
   PAGEDATTN_TEST_RNG(rng);
+  const std::vector<std::string> targets = targets_here();
   int k = 0;
   for (DType t : kDTypes)
     for (CacheDType cd : kCacheDTypes)
@@ -724,9 +739,8 @@ TEST(CpuAttention, KernelCopiesMatchReferenceAndRepeat) {
         SCOPED_TRACE(describe(c, Algo::kV1));
         const std::vector<double> want = ref::attention(pb.params);
         for (Algo a : {Algo::kV1, Algo::kV2}) {
-          for (int generic = 0; generic < 2; ++generic) {
-            std::optional<ForceGeneric> force;
-            if (generic) force.emplace();
+          for (const std::string& target : targets) {
+            ForceTarget force(target);
             std::vector<double> got[2];
             for (int rep = 0; rep < 2; ++rep) {
               if (a == Algo::kV1) {
@@ -737,7 +751,7 @@ TEST(CpuAttention, KernelCopiesMatchReferenceAndRepeat) {
               }
               got[rep] = pb.out_values();
             }
-            const std::string what = detail::cat(algo_name(a), generic ? " generic" : " avx2", " copy");
+            const std::string what = detail::cat(algo_name(a), " ", target, " copy");
             EXPECT_EQ(compare(got[0], want, out_tol(c.dtype, vmax_of(c), a == Algo::kV2), what, c.head_size), 0);
             int diff = 0;
             for (std::size_t i = 0; i < got[0].size(); ++i)
@@ -752,8 +766,8 @@ TEST(CpuAttention, KernelCopiesMatchReferenceAndRepeat) {
 // reference, and bit for bit run to run, over windows, soft-caps, several query tokens
 // (part-attended blocks, lane masks), per-head scales.
 TEST(CpuAttention, KernelCopiesMatchReferenceAndRepeatOnVariants) {
-  PAGEDATTN_SKIP_WITHOUT_AVX2_COPY();
   PAGEDATTN_TEST_RNG(rng);
+  const std::vector<std::string> targets = targets_here();
   int k = 0;
   for (DType t : kDTypes)
     for (CacheDType cd : kCacheDTypes)
@@ -776,22 +790,107 @@ TEST(CpuAttention, KernelCopiesMatchReferenceAndRepeatOnVariants) {
         HostProblem pb = build_problem(c, rng);
         SCOPED_TRACE(describe(pb.cfg, Algo::kAuto));
         const std::vector<double> want = ref::attention(pb.params), want_lse = ref::lse(pb.params);
-        for (int generic = 0; generic < 2; ++generic) {
-          std::optional<ForceGeneric> force;
-          if (generic) force.emplace();
+        for (const std::string& target : targets) {
+          ForceTarget force(target);
           std::vector<std::uint8_t> out[2], lse[2];
           for (int rep = 0; rep < 2; ++rep) {
             paged_attention(pb.params, nullptr, 0);
             out[rep] = pb.out.storage;
             lse[rep] = pb.lse.storage;
           }
-          const std::string what = generic ? "generic copy" : "avx2 copy";
+          const std::string what = target + " copy";
           EXPECT_EQ(compare(pb.out_values(), want, out_tol(c.dtype, vmax_of(pb.cfg), false), what + " out", c.head_size), 0);
           EXPECT_EQ(compare(pb.lse_values(), want_lse, lse_tol(), what + " lse", c.num_heads), 0);
           EXPECT_TRUE(out[0] == out[1]) << what << ": out differs run to run";
           EXPECT_TRUE(lse[0] == lse[1]) << what << ": lse differs run to run";
         }
       }
+}
+
+#if defined(_OPENMP)
+/// Runs the library's OpenMP loops on n threads while alive.
+struct OmpThreads {
+  int old;
+  explicit OmpThreads(int n) : old(omp_get_max_threads()) { omp_set_num_threads(n); }
+  ~OmpThreads() { omp_set_num_threads(old); }
+};
+#endif
+
+// Thread-count invariance and KV splits: the auto path (and V1, V2) give the same bits on 1
+// and on 2 (and 3) threads, for every variant x cache dtype, on shapes whose few
+// (sequence, kv head) items make the backend split each sequence's span (a batch of one, one
+// or two kv heads, several thousand tokens) and on ordinary ones; the split results match
+// the reference.
+TEST(CpuAttention, SameBitsAtAnyThreadCountWithKvSplits) {
+#if !defined(_OPENMP)
+  GTEST_SKIP() << "built without OpenMP: the backend runs on one thread";
+#else
+  PAGEDATTN_TEST_RNG(rng);
+  int k = 0;
+  for (CacheDType cd : kCacheDTypes)
+    for (int variant = 0; variant < 7; ++variant) {
+      ProblemConfig c;
+      c.dtype = kDTypes[k % 3];
+      c.kv_cache_dtype = cd;
+      c.block_size = (k % 3 == 0) ? 8 : (k % 3 == 1) ? 16 : 32;
+      c.head_size = k % 2 ? 128 : 64;
+      c.num_kv_heads = 1 + k % 2;
+      c.num_heads = c.num_kv_heads * (1 << (k % 4));
+      // one long sequence (split) or a batch of two (one long, one short)
+      c.seq_lens = k % 2 ? std::vector<int>{static_cast<int>(rng.randint(4500, 9000))}
+                         : std::vector<int>{static_cast<int>(rng.randint(4500, 6000)), static_cast<int>(rng.randint(1, 300))};
+      if (cd != CacheDType::kAuto) {
+        c.k_scale = 0.5f;
+        c.v_scale = 1.25f;
+      }
+      switch (variant) {
+        case 0: break;  // plain
+        case 1: c.window_left = static_cast<int>(rng.randint(100, 3000)); break;
+        case 2: c.logits_soft_cap = 5.0f; break;
+        case 3: c.alibi = true; break;
+        case 4: c.q_lens = std::vector<int>(c.seq_lens.size(), 3); break;
+        case 5: c.per_head_scales = cd != CacheDType::kAuto; c.lse = true; break;
+        case 6:
+          c.blocksparse.local_blocks = 2;
+          c.blocksparse.vert_stride = 3;
+          c.blocksparse.block_size = 64;
+          c.blocksparse.head_sliding_step = 1;
+          break;
+      }
+      c.lse = c.lse || variant % 2 == 0;
+      ++k;
+      HostProblem pb = build_problem(c, rng);
+      SCOPED_TRACE(describe(pb.cfg, Algo::kAuto));
+      const bool plain = variant == 0 || variant == 3 || variant == 6;  // V1/V2 take these
+      std::vector<Algo> algos{Algo::kAuto};
+      if (plain && !c.lse) algos = {Algo::kAuto, Algo::kV1, Algo::kV2};
+      for (Algo a : algos) {
+        std::vector<std::uint8_t> out[3], lse[3];
+        for (int n = 1; n <= 3; ++n) {
+          OmpThreads threads(n);
+          if (a == Algo::kV1) {
+            paged_attention_v1(pb.params);
+          } else if (a == Algo::kV2) {
+            auto ws = pb.make_workspace();
+            paged_attention_v2(pb.params, ws.views());
+          } else {
+            paged_attention(pb.params, nullptr, 0);
+          }
+          out[n - 1] = pb.out.storage;
+          if (c.lse) lse[n - 1] = pb.lse.storage;
+        }
+        EXPECT_TRUE(out[0] == out[1] && out[0] == out[2]) << algo_name(a) << ": out differs between 1, 2 and 3 threads";
+        EXPECT_TRUE(lse[0] == lse[1] && lse[0] == lse[2]) << algo_name(a) << ": lse differs between 1, 2 and 3 threads";
+        const bool twice = a == Algo::kV2;
+        EXPECT_EQ(compare(pb.out_values(), ref::attention(pb.params), out_tol(c.dtype, vmax_of(pb.cfg), twice), "out",
+                          c.head_size),
+                  0)
+            << algo_name(a);
+        if (c.lse && a == Algo::kAuto)
+          EXPECT_EQ(compare(pb.lse_values(), ref::lse(pb.params), lse_tol(), "lse", c.num_heads), 0);
+      }
+    }
+#endif
 }
 
 TEST(CpuAttention, AutoNeedsNoWorkspaceOnCpu) {
