@@ -12,6 +12,8 @@
 #   cuda_tests_ptx*.xz  (optional) the GPU tests of builds that embed only older PTX (e.g.
 #                 -DCMAKE_CUDA_ARCHITECTURES=80-virtual): the driver JIT-compiles it, so the
 #                 older architectures' code paths run on this card; whole suite + memcheck each
+#   bench_ptx*.xz (optional) pagedattn-bench of such a build: the quick sweep (PTX_SWEEP)
+#   *.so.*        shared libraries the binaries link that the GPU machine lacks (libhwy.so.1)
 #   *.whl         (optional) a wheel (scripts/build_wheel.sh) for this machine's python3: installed
 #                 into a fresh directory (pip --target; numpy/pytest/torch from the machine's python),
 #                 then the Python suite runs against it from outside the tree (WHEEL_PYTEST_ARGS: extra
@@ -28,6 +30,9 @@ bin=${1:?usage: scripts/gpu_prebuilt.sh BIN_DIR OUT_DIR}; out=${2:?}
 root=$(cd "$(dirname "$0")/.." && pwd)
 # a fresh directory: a machine kept warm between calls still holds the previous call's binaries
 rm -rf /tmp/prebuilt; mkdir -p "$out" /tmp/prebuilt
+# shared libraries the binaries need that the GPU machine may lack (libhwy.so.1: the CPU
+# backend's Highway, Debian ships it shared only) travel in BIN_DIR as *.so.*
+ls "$bin"/*.so.* > /dev/null 2>&1 && export LD_LIBRARY_PATH="$(cd "$bin" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 for f in "$bin"/*.xz; do
   [ -f "$f" ] || continue
   n=$(basename "$f" .xz)
@@ -124,6 +129,14 @@ for t in /tmp/prebuilt/cuda_tests_ptx*; do
   grep -E '^\[  FAILED  \] [A-Za-z]' "$out/$n.log" | sort -u | head -20 | tee -a "$out/summary.txt"
   timeout ${SAN_TIMEOUT:-600} compute-sanitizer --tool memcheck --error-exitcode 99 "$t" --gtest_filter="${PTX_SAN_FILTER:-$f}" > "$out/${n}_memcheck.log" 2>&1 || rc=1
   echo "$n memcheck: $(grep -E 'ERROR SUMMARY|^\[  PASSED  \]|^\[  FAILED  \]' "$out/${n}_memcheck.log" | tr '\n' ' ')" | tee -a "$out/summary.txt"
+done
+# benches of builds that embed only older PTX (bench_ptx*.xz): the quick sweep, JIT-compiled on
+# this card (speeds of that architecture's code on this card, not of that architecture's GPUs)
+for t in /tmp/prebuilt/bench_ptx*; do
+  [ -x "$t" ] || continue
+  n=$(basename "$t"); t0=$(date +%s)
+  timeout ${SWEEP_TIMEOUT:-300} "$t" --backend cuda --sweep "${PTX_SWEEP:-quick}" --no-check --csv "$out/$n.csv" > "$out/$n.log" 2>&1 || rc=1
+  echo "$n sweep ${PTX_SWEEP:-quick}: $(( $(date +%s) - t0 )) s, $(grep -c . "$out/$n.csv" 2>/dev/null) csv lines" | tee -a "$out/summary.txt"
 done
 # named bench sweeps (correctness is the suite's job: --no-check)
 for sw in ${SWEEPS:-}; do

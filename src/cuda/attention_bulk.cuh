@@ -12,8 +12,9 @@
 // slot is free, reads the block table, and issues one bulk copy for a page's keys
 // ([head_size/x, block_size, x], contiguous per kv head) and one for its values
 // ([head_size, block_size]); pages no row attends are not copied (producer and consumers
-// compute that mask alike, stage_pages). kStages slots of ~8-32 KB
-// keep 64-128 KB per CTA in flight without any register staging.
+// compute that mask alike, stage_pages). 4-24 slots of ~8-32 KB keep 64-192 KB per CTA in
+// flight without any register staging (BulkTraits::stages: r16 CTAs have the SM's shared
+// memory alone and take twice the ring of r8).
 //
 // Consumer warp w of each row group takes stages w, w+4, ...: it waits on the slot's full
 // barrier (the slot's pages serve both groups: its empty barrier counts every lane of the
@@ -44,10 +45,15 @@ constexpr int bulk_threads(int groups) { return (kBulkConsumers * groups + 1) * 
 inline constexpr int kBulkThreads = bulk_threads(1);
 inline constexpr int kBulkMaxThreads = bulk_threads(kBulkMaxGroups);
 inline constexpr int kStageTokens = 32;    ///< tokens per ring stage
-/// Ring bytes aimed at. Measured on the H200 (fp8 32/8, batch 32 x 8k): 96 KB (12 slots, 3
-/// per consumer warp, 2 CTAs per SM) 85.7% of copy; 64 KB (8 slots, up to 3 CTAs per SM)
-/// 73.8%: a consumer warp needs more than one stage in flight while it computes another.
-inline constexpr int kBulkRingTarget = 96 * 1024;
+/// Ring bytes aimed at, per row-group count. One row group (hopper_bulk_r8, 160 threads, up
+/// to 2 CTAs per SM): measured on the H200 (fp8 32/8, batch 32 x 8k), 96 KB (12 slots, 3 per
+/// consumer warp, 2 CTAs per SM) 85.7% of copy, 64 KB (8 slots, up to 3 CTAs per SM) 73.8%: a
+/// consumer warp needs more than one stage in flight while it computes another. Two row groups
+/// (hopper_bulk_r16, 288 threads, held to 1 CTA per SM by its registers) get the SM's shared
+/// memory alone, so twice the ring keeps as many bytes in flight per SM as two r8 CTAs do.
+constexpr int bulk_ring_target(int groups) { return groups * 96 * 1024; }
+/// Slots at most, per row-group count (the mbarrier pairs are 16 bytes each).
+constexpr int bulk_max_stages(int groups) { return groups * 12; }
 static_assert(kStageTokens == kSpanAlign, "a split starts on a stage boundary");
 static_assert(kBulkConsumers == kWarps, "write_merged merges kWarps warp states");
 
@@ -63,24 +69,30 @@ struct BulkTraits {
   static constexpr int kKStageBytes = kChunks * 16 * kStageTokens;
   static constexpr int kVStageBytes = D * kElem * kStageTokens;
   static constexpr int kStageBytes = (kKStageBytes + kVStageBytes + 127) / 128 * 128;
-  /// A multiple of the consumer count: stage s uses slot s % kStages and is consumed by warp
-  /// s % 4, so every slot belongs to one warp. Otherwise a warp could wait on a slot's full
-  /// barrier one phase ahead of the warp still reading it, and the parity wait would pass at
-  /// once (measured: with 6 slots, unspecified launch failures on the H200).
-  static constexpr int kStagesWanted = kBulkRingTarget / kStageBytes / kBulkConsumers * kBulkConsumers;
-  static constexpr int kStages = kStagesWanted < 4 ? 4 : kStagesWanted > 12 ? 12 : kStagesWanted;
-  static_assert(kStages % kBulkConsumers == 0, "each ring slot must belong to one consumer warp");
-  static constexpr int kRingBytes = kStages * kStageBytes;
+  /// Ring slots with `groups` row groups: a multiple of the consumer count, so that stage s
+  /// uses slot s % stages and is consumed by warp s % 4 (every slot belongs to one warp of each
+  /// group). Otherwise a warp could wait on a slot's full barrier one phase ahead of the warp
+  /// still reading it, and the parity wait would pass at once (measured: with 6 slots,
+  /// unspecified launch failures on the H200).
+  static constexpr int stages(int groups) {
+    const int wanted = bulk_ring_target(groups) / kStageBytes / kBulkConsumers * kBulkConsumers;
+    return wanted < kBulkConsumers ? kBulkConsumers : wanted > bulk_max_stages(groups) ? bulk_max_stages(groups) : wanted;
+  }
   /// queries [groups x 8 rows][kQPitch] in T; +8 elements so the 8 rows' fragment loads hit
   /// distinct banks
   static constexpr int kQPitch = kKSteps * 16 + 8;
   static constexpr int kQBytes = (kBulkMaxGroups * kBulkRows * kQPitch * 2 + 15) / 16 * 16;
-  static constexpr int kBarOffset = kRingBytes + kQBytes;
-  static constexpr int kSmemBytes = kBarOffset + kStages * (8 + 8);
+  /// shared-memory layout: the ring, the queries, then a (full, empty) mbarrier pair per slot
+  static constexpr int ring_bytes(int groups) { return stages(groups) * kStageBytes; }
+  static constexpr int bar_offset(int groups) { return ring_bytes(groups) + kQBytes; }
+  static constexpr int smem_bytes(int groups) { return bar_offset(groups) + stages(groups) * (8 + 8); }
+  static_assert(stages(1) % kBulkConsumers == 0 && stages(kBulkMaxGroups) % kBulkConsumers == 0,
+                "each ring slot must belong to one consumer warp of each group");
+  static_assert(smem_bytes(kBulkMaxGroups) <= 227 * 1024, "the ring must fit an sm_90 CTA's shared memory");
   /// the epilogue's merge buffers (one per row group) alias the ring and the queries (both
   /// free by then: every stage consumed, the queries held in registers since the start)
   static constexpr int kRedBytes = 4 * (kWarps * kBulkRows * D + 2 * kWarps * kBulkRows);
-  static_assert(kBulkMaxGroups * kRedBytes <= kBarOffset, "merge buffers must fit in the ring and queries");
+  static_assert(kBulkMaxGroups * kRedBytes <= bar_offset(1), "merge buffers must fit in the ring and queries");
 };
 
 __device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
@@ -146,16 +158,34 @@ __device__ __forceinline__ std::uint32_t half_mask(bool lo, bool hi) {
   return (lo ? 0x0000ffffu : 0u) | (hi ? 0xffff0000u : 0u);
 }
 
+/// The token ranges a set of rows attends (window and causal position; the block-sparse rule
+/// is per page). Rows are token-major, so positions grow with the row and each row attends
+/// [first_token(pos), pos]: consecutive positions give overlapping ranges, so some row attends
+/// [any_lo, any_hi] (their union) and every row attends [all_lo, all_hi] (their intersection,
+/// empty when all_lo > all_hi). Computed once per CTA / row group: no per-stage loop over rows.
+struct RowRanges {
+  int any_lo, any_hi, all_lo, all_hi;
+};
+template <bool kVar>
+__device__ __forceinline__ RowRanges row_ranges(const AttentionKernelParams& p, const CtaWork& w) {
+  const int last = w.nr > 0 ? w.nr - 1 : 0;
+  const int pos_first = kVar ? w.pos(0) : w.seq_len - 1, pos_last = kVar ? w.pos(last) : w.seq_len - 1;
+  return {p.rule.first_token(pos_first), pos_last, p.rule.first_token(pos_last), pos_first};
+}
+
 /// Whether some active row of the CTA attends a token of the page [first, last] (inclusive)
 /// inside the split: the producer copies only those pages.
 template <bool kVar>
-__device__ __forceinline__ bool page_attended(const AttentionKernelParams& p, const CtaWork& w, int first, int last) {
+__device__ __forceinline__ bool page_attended(const AttentionKernelParams& p, const CtaWork& w, const RowRanges& rr,
+                                              int first, int last) {
   const bool ranges = kVar && p.rows_vary;
   if (!ranges && !p.rule.sparse) return true;
+  if (ranges && (rr.any_hi < first || rr.any_lo > last)) return false;
+  if (!p.rule.sparse) return true;
   for (int i = 0; i < w.nr; ++i) {
     const int pos = kVar ? w.pos(i) : w.seq_len - 1;
     if (ranges && (pos < first || p.rule.first_token(pos) > last)) continue;
-    if (p.rule.sparse && !p.rule.block_attended(pos, w.head(i), w.kv_head, first)) continue;
+    if (!p.rule.block_attended(pos, w.head(i), w.kv_head, first)) continue;
     return true;
   }
   return false;
@@ -165,10 +195,11 @@ __device__ __forceinline__ bool page_attended(const AttentionKernelParams& p, co
 /// producer and the consumers compute the same mask from the same inputs, so no shared-memory
 /// word passes it between warps. Called by a whole warp.
 template <bool kVar>
-__device__ __forceinline__ unsigned stage_pages(const AttentionKernelParams& p, const CtaWork& w, int t0, int lane) {
+__device__ __forceinline__ unsigned stage_pages(const AttentionKernelParams& p, const CtaWork& w, const RowRanges& rr,
+                                                int t0, int lane) {
   const int bs = p.block_size, first = t0 + lane * bs;
   const bool need = lane < (kStageTokens >> p.block_shift) && first < w.end &&
-                    page_attended<kVar>(p, w, first, min(first + bs, w.end) - 1);
+                    page_attended<kVar>(p, w, rr, first, min(first + bs, w.end) - 1);
   return __ballot_sync(0xffffffffu, need);
 }
 
@@ -187,12 +218,15 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
   const int nstages = (end - start + kStageTokens - 1) / kStageTokens;
   const int bs = p.block_size, shift = p.block_shift;
   const int k_page = Tr::kChunks * 16 * bs;  // bytes of one page's keys (one kv head)
+  const RowRanges cta_ranges = row_ranges<kVar>(p, work);
   const int v_page = D * Tr::kElem * bs;
 
   extern __shared__ __align__(128) unsigned char smem[];
-  T* q_s = reinterpret_cast<T*>(smem + Tr::kRingBytes);
-  std::uint64_t* full = reinterpret_cast<std::uint64_t*>(smem + Tr::kBarOffset);
-  std::uint64_t* empty = full + Tr::kStages;
+  // the launch gave this CTA smem_bytes(groups): a ring of `nslots` slots
+  const int nslots = groups == 1 ? Tr::stages(1) : Tr::stages(kBulkMaxGroups);
+  T* q_s = reinterpret_cast<T*>(smem + nslots * Tr::kStageBytes);
+  std::uint64_t* full = reinterpret_cast<std::uint64_t*>(smem + nslots * Tr::kStageBytes + Tr::kQBytes);
+  std::uint64_t* empty = full + nslots;
   const std::uint32_t ring = smem_u32(smem);
 
   const int tid = threadIdx.x;
@@ -200,7 +234,7 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
   const int lane = tid % 32;
 
   if (tid == 0) {
-    for (int i = 0; i < Tr::kStages; ++i) {
+    for (int i = 0; i < nslots; ++i) {
       mbar_init(smem_u32(full + i), 1);   // the producer's arrive (+ the copies' bytes)
       mbar_init(smem_u32(empty + i), 32 * groups);  // the consuming warps' release: each lane's own arrive
     }
@@ -255,8 +289,8 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
       cur = load_batch(0);
       if (nstages > spb) nxt = load_batch(1);
     }
-    for (int s = 0; s < nstages; ++s) {
-      const int slot = s % Tr::kStages;
+    // stage s fills slot s % nslots in round s / nslots (phase parity: round & 1)
+    for (int s = 0, slot = 0, round = 0; s < nstages; ++s) {
       int batch_page = 0;
       if constexpr (kBatchTable) {
         const int b = s / spb, i = s - b * spb;
@@ -266,15 +300,15 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
         }
         batch_page = __shfl_sync(0xffffffffu, cur, (i * pages + lane) & 31);
       }
-      if (s >= Tr::kStages) {
-        mbar_wait(smem_u32(empty + slot), ((s / Tr::kStages) - 1) & 1);
+      if (round > 0) {
+        mbar_wait(smem_u32(empty + slot), (round - 1) & 1);
         // the consumers' reads of the slot's previous contents (generic proxy, released by
         // their arrives, acquired by the wait above) before the bulk copies (async proxy)
         // overwrite it
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       }
       const int first = start + s * kStageTokens + lane * bs;
-      const unsigned mask = stage_pages<kVar>(p, work, start + s * kStageTokens, lane);
+      const unsigned mask = stage_pages<kVar>(p, work, cta_ranges, start + s * kStageTokens, lane);
       const bool need = (mask >> lane) & 1u;
       int page = 0;
       if (need) page = kBatchTable ? batch_page : bt[first >> shift];
@@ -288,6 +322,10 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
                   policy);
         bulk_copy(dst + Tr::kKStageBytes + lane * v_page, vg + static_cast<std::int64_t>(page) * p.v_block_stride * Tr::kElem,
                   v_page, bar, policy);
+      }
+      if (++slot == nslots) {
+        slot = 0;
+        ++round;
       }
     }
     return;
@@ -316,6 +354,7 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
     rpos[e] = kVar ? (active ? rw.pos(row) : rw.seq_len - 1) : rw.seq_len - 1;
     rlo[e] = ranges ? p.rule.first_token(rpos[e]) : 0;
   }
+  const RowRanges group_ranges = row_ranges<kVar>(p, rw);  // this group's rows
   // Q^T operand (B of S^T = K . Q^T): row r, dims 16ks + 2q, +1 and 16ks + 8 + 2q, +1 (as stored)
   std::uint32_t qb[Tr::kKSteps][2];
   {
@@ -338,13 +377,18 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
   const int src0 = 8 * q + (r >> 1), src1 = src0 + 4;
   const unsigned half_sel = (r & 1) ? 0x7632u : 0x5410u;
 
-  for (int s = cwarp; s < nstages; s += kBulkConsumers) {
-    const int slot = s % Tr::kStages;
+  // stage s in slot s % nslots, round s / nslots; nslots is a multiple of the consumer count, so
+  // a warp's slots cycle without a division
+  for (int s = cwarp, slot = cwarp, round = 0; s < nstages; s += kBulkConsumers) {
     const int t0 = start + s * kStageTokens;
-    const unsigned copied = stage_pages<kVar>(p, work, t0, lane);  // as the producer computed it
-    mbar_wait(smem_u32(full + slot), (s / Tr::kStages) & 1);
+    const unsigned copied = stage_pages<kVar>(p, work, cta_ranges, t0, lane);  // as the producer computed it
+    mbar_wait(smem_u32(full + slot), round & 1);
     const int nvalid = min(kStageTokens, end - t0);
     const bool whole = nvalid == kStageTokens && copied == all_pages;
+    // per-(row, token) masks only where some row's range (window, causal position) cuts the
+    // stage or the block-sparse rule applies: a multi-token call masks its last stages only
+    const bool stage_masked =
+        masked && (p.rule.sparse || t0 < group_ranges.all_lo || t0 + kStageTokens - 1 > group_ranges.all_hi);
     const std::uint32_t kst = ring + slot * Tr::kStageBytes;
     const std::uint32_t vst = kst + Tr::kKStageBytes;
     auto tok_ok = [&](int tt) { return tt < nvalid && ((copied >> (tt >> shift)) & 1u); };
@@ -409,9 +453,9 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
           const int tt = 16 * mt + 8 * hf + r;
           const int t = t0 + tt;
           float v = row_logit<kVar>(p, sacc[mt][2 * hf + e] * scales.qk, slope[e], t, rpos[e]);
-          if (!whole || masked) {
+          if (!whole || stage_masked) {
             bool ok = tok_ok(tt);
-            if (masked)
+            if (stage_masked)
               ok = ok && t >= rlo[e] && t <= rpos[e] &&
                    (!p.rule.sparse || p.rule.block_attended(rpos[e], rhead[e], work.kv_head, (t >> shift) << shift));
             if (!ok) v = -INFINITY;
@@ -498,6 +542,11 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
     // the slot may be refilled: every lane arrives after its own reads (an arrive releases
     // only the accesses of the thread that executes it; the barrier counts 32)
     mbar_arrive(smem_u32(empty + slot));
+    slot += kBulkConsumers;
+    if (slot >= nslots) {
+      slot -= nslots;
+      ++round;
+    }
   }
 
   // ---- merge the four consumer warps in a fixed order (deterministic)

@@ -221,9 +221,9 @@ const KernelSpec& auto_kernel(const AutoRuleInput& in) {
   // and on one-row fp8 caches with heads above 128 (no tensor-core instance there); one-row fp8
   // caches up to head 128 run fastest on the tensor-core kernel, one-row 16-bit caches on the
   // CUDA-core kernel (equal to the bulk-copy kernel, fewer resources). More than 8 rows: the
-  // bulk kernel with two row groups (16 rows per CTA) up to 16 rows (+8% at group 16, equal at
-  // 12 rows and q_len 4 x group 4) and at heads above 128 (+74% at q_len 4 x group 4, head 256:
-  // two CTAs re-reading each page miss L2), one row group beyond (MQA 32 rows: 1-3% faster).
+  // bulk kernel with two row groups (16 rows per CTA; since v0.7 with twice the ring, as it has
+  // the SM alone): +17% at group 16, +10% at 12 rows, +1.5% at q_len 4 x group 4, +74% at head
+  // 256 (two CTAs re-reading each page miss L2), +1.5-2% on MQA's 32 rows.
   // V2's fixed 512-token partitions (16 stages per CTA: the ring's fill weighs more): 3-4 rows
   // of a 16-bit cache up to head 128 run fastest on the CUDA-core kernel (-3-7%; at head 256 the
   // bulk kernel is 16% faster), fp8 caches with 2-4 rows on the tensor-core kernel (-5%), as
@@ -242,7 +242,7 @@ const KernelSpec& auto_kernel(const AutoRuleInput& in) {
     mma = has_mma && (rows > 4 || (in.fp8 && rows >= 2));
   }
   if (bulk) {
-    const bool two_groups = rows > kBulkRows && (rows <= kBulkRows * kBulkMaxGroups || in.head_size > 128);
+    const bool two_groups = rows > kBulkRows;
     return spec_with(true, true, two_groups ? kBulkRows * kBulkMaxGroups : kBulkRows);
   }
   const int cc_rows = rows <= 1 ? 1 : rows <= 2 ? 2 : (rows <= 4 || PAGEDATTN_MAX_HEADS_PER_CTA < 8) ? 4 : 8;

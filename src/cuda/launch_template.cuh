@@ -46,13 +46,15 @@ void prepare_kernel() {
   }
 }
 
-/// CTAs of Kernel (kBlock threads) resident per SM of the current device (at least 1).
-template <auto Kernel, int kSmemBytes, int kBlock = kThreads>
+/// CTAs of Kernel (kBlock threads, kSmemBytes of dynamic shared memory) resident per SM of
+/// the current device (at least 1). kAttrBytes: the kernel's shared-memory attribute (the
+/// largest launch it serves).
+template <auto Kernel, int kSmemBytes, int kBlock = kThreads, int kAttrBytes = kSmemBytes>
 int resident_ctas() {
   static std::once_flag once[kMaxDevices];
   static int ctas[kMaxDevices];
   return once_per_device(once, ctas, [] {
-    prepare_kernel<Kernel, kSmemBytes>();
+    prepare_kernel<Kernel, kAttrBytes>();
     int n = 0;
     check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, Kernel, kBlock, kSmemBytes),
                "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
@@ -60,9 +62,9 @@ int resident_ctas() {
   });
 }
 
-template <auto Kernel, int kSmemBytes, int kBlock = kThreads>
+template <auto Kernel, int kSmemBytes, int kBlock = kThreads, int kAttrBytes = kSmemBytes>
 void launch_kernel(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream, const char* name) {
-  prepare_kernel<Kernel, kSmemBytes>();
+  prepare_kernel<Kernel, kAttrBytes>();
   launch_pdl(Kernel, grid, dim3(kBlock), kSmemBytes, stream, name, kp);
 }
 
@@ -99,33 +101,33 @@ int attention_mma_ctas_per_sm() {
   return resident_ctas<paged_attention_mma_kernel<T, kind, D, false>, MmaTraits<T, kind, D>::kSmemBytes>();
 }
 
-/// The bulk kernel with `rows` (8 or 16) query rows per CTA: one row group of consumer warps
-/// per 8 rows (the kernel reads the group count from its block size).
+/// The bulk kernel with `groups` row groups of consumer warps (8 query rows each; the kernel
+/// reads the group count from its block size and sizes its ring from it). Its shared-memory
+/// attribute is the larger of the two layouts, so either launch fits whichever came first.
+template <typename T, int C, int D, int kGroups, bool kVar>
+struct BulkLaunch {
+  using Tr = BulkTraits<T, static_cast<CacheKind>(C), D>;
+  static constexpr auto kKernel = paged_attention_bulk_kernel<T, static_cast<CacheKind>(C), D, kVar>;
+  static constexpr int kSmem = Tr::smem_bytes(kGroups), kAttr = Tr::smem_bytes(kBulkMaxGroups);
+  static void launch(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
+    launch_kernel<kKernel, kSmem, bulk_threads(kGroups), kAttr>(kp, grid, stream, "paged_attention_bulk_kernel launch");
+  }
+  static int ctas_per_sm() { return resident_ctas<kKernel, kSmem, bulk_threads(kGroups), kAttr>(); }
+};
+static_assert(kBulkMaxGroups == 2, "launch_attention_bulk picks one row group or two");
+
+/// The bulk kernel with `rows` (8 or 16) query rows per CTA.
 template <typename T, int C, int D>
 void launch_attention_bulk(const AttentionKernelParams& kp, int rows, dim3 grid, cudaStream_t stream) {
-  constexpr CacheKind kind = static_cast<CacheKind>(C);
-  constexpr int smem = BulkTraits<T, kind, D>::kSmemBytes;
-  if (rows == kBulkRows * kBulkMaxGroups) {
-    if (needs_variant_kernel(kp))
-      return launch_kernel<paged_attention_bulk_kernel<T, kind, D, true>, smem, kBulkMaxThreads>(
-          kp, grid, stream, "paged_attention_bulk_kernel launch");
-    return launch_kernel<paged_attention_bulk_kernel<T, kind, D, false>, smem, kBulkMaxThreads>(
-        kp, grid, stream, "paged_attention_bulk_kernel launch");
-  }
-  if (needs_variant_kernel(kp))
-    return launch_kernel<paged_attention_bulk_kernel<T, kind, D, true>, smem, kBulkThreads>(
-        kp, grid, stream, "paged_attention_bulk_kernel launch");
-  launch_kernel<paged_attention_bulk_kernel<T, kind, D, false>, smem, kBulkThreads>(kp, grid, stream,
-                                                                                  "paged_attention_bulk_kernel launch");
+  const bool var = needs_variant_kernel(kp);
+  if (rows == kBulkRows * 2)
+    return var ? BulkLaunch<T, C, D, 2, true>::launch(kp, grid, stream) : BulkLaunch<T, C, D, 2, false>::launch(kp, grid, stream);
+  return var ? BulkLaunch<T, C, D, 1, true>::launch(kp, grid, stream) : BulkLaunch<T, C, D, 1, false>::launch(kp, grid, stream);
 }
 
 template <typename T, int C, int D>
 int attention_bulk_ctas_per_sm(int rows) {
-  constexpr CacheKind kind = static_cast<CacheKind>(C);
-  using K = BulkTraits<T, kind, D>;
-  if (rows == kBulkRows * kBulkMaxGroups)
-    return resident_ctas<paged_attention_bulk_kernel<T, kind, D, false>, K::kSmemBytes, kBulkMaxThreads>();
-  return resident_ctas<paged_attention_bulk_kernel<T, kind, D, false>, K::kSmemBytes, kBulkThreads>();
+  return rows == kBulkRows * 2 ? BulkLaunch<T, C, D, 2, false>::ctas_per_sm() : BulkLaunch<T, C, D, 1, false>::ctas_per_sm();
 }
 
 template <typename T, int C, int D>

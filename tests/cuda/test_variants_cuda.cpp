@@ -373,11 +373,11 @@ TEST(KernelRegistry, AutoRule) {
   EXPECT_EQ(pick(1, true, true, true, 90, 90), "tensor_core_r8");   // MHA, fp8, head <= 128
   EXPECT_EQ(pick(1, true, false, true, 90, 90, 256), "hopper_bulk_r8");  // MHA, fp8, head > 128
   EXPECT_EQ(pick(1, false, false, true, 90, 90, 256), "cuda_core_r1");   // MHA, 16-bit, head > 128
-  // up to 8 rows: one row group; 9-16 rows: two; more: two above head 128, else one
+  // up to 8 rows: one row group; more: two
   for (long long rows : {2, 3, 4, 6, 8, 9, 12, 16, 17, 32, 64})
     for (bool fp8 : {false, true})
       for (int head : {64, 128, 256}) {
-        const bool two = rows > 8 && (rows <= 16 || head > 128);
+        const bool two = rows > 8;
         const std::string want = two ? "hopper_bulk_r16" : "hopper_bulk_r8";
         EXPECT_EQ(pick(rows, fp8, head <= 128, true, 90, 90, head), want) << rows << " rows, fp8 " << fp8 << ", head " << head;
         EXPECT_EQ(pick(rows, fp8, false, true, 100, 100, head), want) << rows << " rows on sm_100, head " << head;
