@@ -24,7 +24,8 @@
 # racecheck on RACE_FILTER, PDL on/off on PDL_CASES, V1/V2/auto on ALGO_CASES (case files).
 #
 #   scripts/gpu_prebuilt.sh BIN_DIR OUT_DIR
-# Prepare: xz -9 -T2 -c BUILD/tests/cuda/pagedattn_cuda_tests > BIN_DIR/cuda_tests.xz (strip first).
+# Prepare: scripts/gpu_pack.sh BIN_DIR cuda_tests=BUILD/tests/cuda/pagedattn_cuda_tests ... (strips,
+# compresses, adds libhwy, checks the device tool's 64 MiB).
 set -uo pipefail
 bin=${1:?usage: scripts/gpu_prebuilt.sh BIN_DIR OUT_DIR}; out=${2:?}
 root=$(cd "$(dirname "$0")/.." && pwd)
