@@ -159,6 +159,24 @@ HWY_INLINE V SoftCap(D d, V s, float cap, float inv_cap) {
   return hn::IfThenElse(hn::IsNaN(s), s, c);
 }
 
+/// SoftCap of n floats in place, at the widest vector first (then 8, 4, 1 lanes): the logit
+/// loops run on vectors of one lane per row (4-8 lanes), and Tanh costs about the same per
+/// vector at any width, so one pass over a block's logits at full width does the same work in
+/// up to 4x fewer Tanh evaluations. Same layout, same path: the result does not depend on
+/// the thread count.
+template <class D>
+HWY_INLINE std::size_t SoftCapRun(D d, float* x, std::size_t i, std::size_t n, float cap, float inv_cap) {
+  const std::size_t w = hn::Lanes(d);
+  for (; i + w <= n; i += w) hn::StoreU(SoftCap(d, hn::LoadU(d, x + i), cap, inv_cap), d, x + i);
+  return i;
+}
+HWY_INLINE void SoftCapInPlace(float* x, std::size_t n, float cap, float inv_cap) {
+  std::size_t i = SoftCapRun(hn::ScalableTag<float>(), x, 0, n, cap, inv_cap);
+  i = SoftCapRun(hn::CappedTag<float, 8>(), x, i, n, cap, inv_cap);
+  i = SoftCapRun(hn::CappedTag<float, 4>(), x, i, n, cap, inv_cap);
+  SoftCapRun(hn::CappedTag<float, 1>(), x, i, n, cap, inv_cap);
+}
+
 /// All-ones float bits: a lane mask stored as a float.
 inline float mask_bits() {
   const std::uint32_t u = ~0u;
@@ -410,9 +428,9 @@ void PackedTile(const KernelCall& kc, const TileJob& job, const RowInfo& ri) {
         const auto first = hn::BitCast(di, hn::LoadU(dn, row_first + gi));
         const VN slope = hn::LoadU(dn, row_slope + gi);
         const auto attend = hn::MaskFromVec(hn::LoadU(dn, row_block + gi));
+        if (kc.rule.soft_cap > 0.0f) SoftCapInPlace(sb, std::size_t(nt) * RPG, kc.rule.soft_cap, kc.rule.inv_soft_cap);
         for (int t = 0; t < nt; ++t) {
           VN v = hn::LoadU(dn, sb + std::size_t(t) * RPG);
-          if (kc.rule.soft_cap > 0.0f) v = SoftCap(dn, v, kc.rule.soft_cap, kc.rule.inv_soft_cap);
           const auto tv = hn::Set(di, t0 + t);
           if (kc.alibi != nullptr) v = hn::Add(v, hn::Mul(slope, hn::ConvertTo(dn, hn::Sub(tv, pos))));
           if (masked) {
@@ -614,10 +632,10 @@ void TokenLaneTile(const KernelCall& kc, const TileJob& job, const RowInfo& ri) 
       auto nan = hn::MaskFromVec(hn::Zero(d8));
       const auto pos = hn::Set(di8, ri.pos[r]), first = hn::Set(di8, ri.first[r]);
       const auto end = hn::Set(di8, t0 + nt);
+      if (kc.rule.soft_cap > 0.0f) SoftCapInPlace(sr, std::size_t(BS), kc.rule.soft_cap, kc.rule.inv_soft_cap);
       for (int t = 0; t < BS; t += L8) {
         V8 v = hn::LoadU(d8, sr + t);
         const auto tv = hn::Iota(di8, t0 + t);
-        if (kc.rule.soft_cap > 0.0f) v = SoftCap(d8, v, kc.rule.soft_cap, kc.rule.inv_soft_cap);
         if (kc.alibi != nullptr) v = hn::Add(v, hn::Mul(hn::Set(d8, ri.slope[r]), hn::ConvertTo(d8, hn::Sub(tv, pos))));
         if (masked[r]) {
           auto keep = hn::Lt(tv, end);
