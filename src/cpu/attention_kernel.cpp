@@ -295,9 +295,9 @@ HWY_INLINE hn::Vec<D> BroadcastP(D d, const float* p) {
 ///   values  O[d][rows] += v[d][t] * p[t][rows]: the P tokens v[d][t..t+P) (adjacent in the
 ///           value page) broadcast against the weights laid out [t / P][row][j]; each row's P
 ///           lanes are summed once at the end of the tile.
-/// P = 8 / (rows rounded up to a power of two, at most 8): MHA (one row) reads 8 dims /
-/// 8 tokens per multiply-add, a group of 8 broadcasts one element against 8 rows; every lane
-/// of every multiply-add does useful work for R = 1, 2, 4, 8.
+/// Tile() takes P = 2 for 3-4 rows (4 rows x 2 lanes per vector) and P = 1 for more (8 rows
+/// per vector, one element broadcast against them); one or two rows go to the token-lane
+/// kernel. Every lane of every multiply-add does useful work for R = 4 and multiples of 8.
 template <CacheKind K, int P>
 void PackedTile(const KernelCall& kc, const TileJob& job, const RowInfo& ri) {
   using Elem = typename CacheTraits<K>::Elem;

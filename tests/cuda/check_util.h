@@ -46,10 +46,6 @@ inline double max_abs_logit(const ref::Partials& parts) {
     if (parts.valid[r] && std::isfinite(parts.max_logits[r])) L = std::max(L, std::fabs(parts.max_logits[r]));
   return L;
 }
-/// tolerance() for a problem: its dtype and the magnitude of its logits.
-inline Tol tolerance(const HostProblem& h) {
-  return tolerance(h.cfg.dtype, max_abs_logit(ref::attention_partitions(h.params)));
-}
 
 inline ::testing::AssertionResult close(const std::vector<double>& got, const std::vector<double>& want, Tol tol,
                                  int heads, int head_size, const char* what) {
