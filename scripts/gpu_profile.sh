@@ -1,23 +1,33 @@
 #!/usr/bin/env bash
-# Nsight Compute on a GPU machine: builds pagedattn-bench (trimmed kernel list, extra CMake
-# arguments from $1) and profiles the first attention kernel launch of one benchmark case.
-#
-#   scripts/gpu_profile.sh OUT_DIR "CMAKE_ARGS" BENCH_ARGS...
-#   e.g. scripts/gpu_profile.sh $OUT "-DPAGEDATTN_TENSOR_CORES=ON" --heads 32/8 --batch 64 --seq-len 4k
-#
-# Clocks are left alone (--clock-control none); the report keeps the throughput, occupancy,
-# warp-stall and memory sections (full text in OUT_DIR/ncu.txt).
+# Source-level profile of the attention kernels on the GPU machine: Nsight Compute (full section
+# set, warp-stall sampling) on one launch of each case of PROFILE_CASES, from a pagedattn-bench
+# built with -lineinfo (e.g. -DCMAKE_CUDA_FLAGS=-lineinfo and a trimmed matrix; docs/build.md).
+# Writes per case: the report (.ncu-rep), the details page (.txt) and the SASS source page with
+# its per-instruction counters and stall samples (.sass.csv; read it with
+# scripts/profile_top.py); the pages of all cases also go into OUT_DIR/pages.tgz (the device tool
+# brings back a limited number of files).
+#   scripts/gpu_profile.sh BENCH_BIN OUT_DIR
+# PROFILE_CASES: file of bench argument lines (default bench/ab/profile.txt); PROFILE_KERNEL: the
+# kernel-name regex (default the bulk kernel); PROFILE_SKIP: launches skipped first (warm-up).
 set -uo pipefail
-out=$1; args=$2; shift 2
-mkdir -p "$out"
+bench=${1:?usage: scripts/gpu_profile.sh BENCH_BIN OUT_DIR}; out=${2:?}
 root=$(cd "$(dirname "$0")/.." && pwd)
-dir=/tmp/pagedattn_profile_$(echo "$args" | md5sum | cut -c1-8)  # one build per set of CMake arguments
-prefix=""; [ -d "$root/.devdeps/usr" ] && prefix="-DCMAKE_PREFIX_PATH=$root/.devdeps/usr"
-trim="-DPAGEDATTN_HEAD_SIZES=${AB_HEAD_SIZES:-128} -DPAGEDATTN_DTYPES=${AB_DTYPES:-float16} -DPAGEDATTN_CACHE_DTYPES=${AB_CACHE_DTYPES:-auto;fp8_e4m3}"
-# shellcheck disable=SC2086
-cmake -S "$root" -B $dir -G Ninja -DCMAKE_BUILD_TYPE=Release -DPAGEDATTN_BUILD_TESTS=OFF $prefix $trim $args > "$out/configure.log" 2>&1 &&
-  cmake --build $dir -j"$(nproc)" --target pagedattn-bench > "$out/build.log" 2>&1 || { echo "build failed"; tail -20 "$out/build.log"; exit 1; }
-ncu --clock-control none -k regex:"${NCU_KERNELS:-paged_attention}" -c "${NCU_COUNT:-1}" --section SpeedOfLight --section Occupancy --section LaunchStats \
-  --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
-  $dir/tools/pagedattn-bench --backend cuda --no-check --warmup 0 --iters 1 --rotate-mib 64 "$@" > "$out/ncu.txt" 2>&1
-grep -E "L2 Fabric|lts__|Mem Busy|Max Bandwidth|Duration|Throughput|Registers Per|Shared Memory Config|Dynamic Shared|Achieved Occupancy|Theoretical Occupancy|Block Limit|Waves Per|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|Active Warps Per|Eligible Warps|Hit Rate|Stall|----- " "$out/ncu.txt" | grep -v "^ *$" | head -70
+ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)
+[ -n "$ncu" ] || { echo "gpu_profile.sh: no ncu on this machine" >&2; exit 1; }
+mkdir -p "$out"
+n=0; rc=0
+while IFS= read -r line; do
+  case "$line" in ''|'#'*) continue ;; esac
+  n=$((n + 1))
+  rep="$out/prof$n"
+  # shellcheck disable=SC2086
+  timeout ${PROFILE_TIMEOUT:-180} "$ncu" --clock-control none --set full --import-source yes \
+    -k "regex:${PROFILE_KERNEL:-paged_attention_bulk}" --launch-skip "${PROFILE_SKIP:-2}" --launch-count 1 \
+    -f -o "$rep" "$bench" --backend cuda --algo auto --timing eager --warmup 1 --iters 2 --no-check $line \
+    > "$rep.run.log" 2>&1 || rc=1
+  "$ncu" -i "$rep.ncu-rep" --page details > "$rep.txt" 2>&1 || rc=1
+  "$ncu" -i "$rep.ncu-rep" --page source --csv --print-source sass > "$rep.sass.csv" 2>&1 || rc=1
+  echo "profile $n (rc $rc): $line -> $(grep -m1 -E 'Duration' "$rep.txt" | tr -s ' ')"
+done < "${PROFILE_CASES:-$root/bench/ab/profile.txt}"
+(cd "$out" && tar czf pages.tgz prof*.txt prof*.sass.csv) || rc=1
+exit $rc

@@ -27,11 +27,17 @@
 // slot. Keys and values are read with ldmatrix from the page layout as copied (16-bit caches:
 // a 16-byte key chunk is one matrix row, a value row of 8 tokens another), or with 32/16-bit
 // shared loads and the hardware fp8 pair conversion (fp8 caches; the queries' dims are stored
-// permuted within each 16-dim group so one 32-bit key load is one k-step's operand pair).
+// permuted within each 16-dim group so one 32-bit key load is one k-step's operand pair; P . V
+// runs in f16 whatever the query type, as the values decode to f16 in one instruction).
+// A consumer warp's instructions per stage are what bound the two-group and fp8 CTAs (profiled
+// on the H200: docs/performance.md, v0.8), so the common stage runs the fewest: logits in log2
+// units (one ex2 per exponential), the soft-cap / ALiBi and per-token masks only where a call
+// or a stage needs them, and no rescale of the output while the rows' maxima hold.
 // The four warps' states merge in a fixed order through write_merged (deterministic).
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/attention_mma.cuh"
 
@@ -52,6 +58,12 @@ inline constexpr int kStageTokens = 32;    ///< tokens per ring stage
 /// (hopper_bulk_r16, 288 threads, held to 1 CTA per SM by its registers) get the SM's shared
 /// memory alone, so twice the ring keeps as many bytes in flight per SM as two r8 CTAs do.
 constexpr int bulk_ring_target(int groups) { return groups * 96 * 1024; }
+/// Shared memory a one-row-group launch asks at least, so that no more than two of its CTAs
+/// share an SM (228 KB per SM, 1 KB reserved per CTA): measured on the H200 (v0.8), once the
+/// consumer's registers fell from ~155 to ~130 a third r8 CTA fit beside two wherever the ring
+/// is 64 KB, and grids of just under four CTAs per SM (32/8, batch 64 x 4k) ran 7% slower; the
+/// ring itself cannot take the room (its slots come in fours).
+inline constexpr int kBulkOneGroupMinSmem = 80 * 1024;
 /// Slots at most, per row-group count (the mbarrier pairs are 16 bytes each).
 constexpr int bulk_max_stages(int groups) { return groups * 12; }
 static_assert(kStageTokens == kSpanAlign, "a split starts on a stage boundary");
@@ -86,6 +98,12 @@ struct BulkTraits {
   static constexpr int ring_bytes(int groups) { return stages(groups) * kStageBytes; }
   static constexpr int bar_offset(int groups) { return ring_bytes(groups) + kQBytes; }
   static constexpr int smem_bytes(int groups) { return bar_offset(groups) + stages(groups) * (8 + 8); }
+  /// Dynamic shared memory of a launch (the layout, or kBulkOneGroupMinSmem for one row group)
+  static constexpr int launch_bytes(int groups) {
+    return groups == 1 && smem_bytes(1) < kBulkOneGroupMinSmem ? kBulkOneGroupMinSmem : smem_bytes(groups);
+  }
+  /// The kernel's shared-memory attribute: the larger launch
+  static constexpr int attr_bytes() { return launch_bytes(1) > launch_bytes(2) ? launch_bytes(1) : launch_bytes(2); }
   static_assert(stages(1) % kBulkConsumers == 0 && stages(kBulkMaxGroups) % kBulkConsumers == 0,
                 "each ring slot must belong to one consumer warp of each group");
   static_assert(smem_bytes(kBulkMaxGroups) <= 227 * 1024, "the ring must fit an sm_90 CTA's shared memory");
@@ -210,6 +228,9 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
   pdl_wait();  // the previous kernel's writes (queries, tables, partials) are visible
   constexpr int R = kBulkRows;
   constexpr bool kFp8 = C != CacheKind::kSame;
+  // the P . V product's 16-bit type: T, or f16 for fp8 caches (the values decode to f16 in one
+  // instruction, to bf16 in four; P in [0, 1] keeps more bits in f16 than in bf16)
+  using PT = std::conditional_t<kFp8, __half, T>;
 
   const int groups = blockDim.x / (32 * kBulkConsumers);  // row groups: (4 groups + 1) warps
   const CtaWork work = cta_work_rows(p, R * groups);
@@ -223,7 +244,7 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
 
   extern __shared__ __align__(128) unsigned char smem[];
   // the launch gave this CTA smem_bytes(groups): a ring of `nslots` slots
-  const int nslots = groups == 1 ? Tr::stages(1) : Tr::stages(kBulkMaxGroups);
+  const int nslots = Tr::stages(groups);
   T* q_s = reinterpret_cast<T*>(smem + nslots * Tr::kStageBytes);
   std::uint64_t* full = reinterpret_cast<std::uint64_t*>(smem + nslots * Tr::kStageBytes + Tr::kQBytes);
   std::uint64_t* empty = full + nslots;
@@ -355,6 +376,9 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
     rlo[e] = ranges ? p.rule.first_token(rpos[e]) : 0;
   }
   const RowRanges group_ranges = row_ranges<kVar>(p, rw);  // this group's rows
+  // logits without soft-cap or ALiBi are the scaled dot product alone: one multiply into log2 units
+  const bool plain_logits = p.alibi_slopes == nullptr && !(kVar && p.rule.soft_cap > 0.0f);
+  const float qk2 = scales.qk * kLog2e;
   // Q^T operand (B of S^T = K . Q^T): row r, dims 16ks + 2q, +1 and 16ks + 8 + 2q, +1 (as stored)
   std::uint32_t qb[Tr::kKSteps][2];
   {
@@ -441,104 +465,135 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
       }
     }
 
-    // ---- online softmax of rows 2q + e; element 2mt + hf is token 16mt + 8hf + r
+    // ---- online softmax of rows 2q + e, in log2 units (logit x log2(e): each exponential is
+    // one ex2); element k = 2mt + hf is token 16mt + 8hf + r
     float pr[2][4];
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      float mx = -INFINITY;
+    for (int e = 0; e < 2; ++e)
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
+      for (int k = 0; k < 4; ++k) pr[e][k] = sacc[k >> 1][2 * (k & 1) + e];
+    if (plain_logits) {
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int tt = 16 * mt + 8 * hf + r;
+      for (int e = 0; e < 2; ++e)
+#pragma unroll
+        for (int k = 0; k < 4; ++k) pr[e][k] *= qk2;
+    } else {
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          pr[e][k] = row_logit<kVar>(p, pr[e][k] * scales.qk, slope[e], t0 + 16 * (k >> 1) + 8 * (k & 1) + r, rpos[e]) * kLog2e;
+    }
+    if (!whole || stage_masked) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e)
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const int tt = 16 * (k >> 1) + 8 * (k & 1) + r;
           const int t = t0 + tt;
-          float v = row_logit<kVar>(p, sacc[mt][2 * hf + e] * scales.qk, slope[e], t, rpos[e]);
-          if (!whole || stage_masked) {
-            bool ok = tok_ok(tt);
-            if (stage_masked)
-              ok = ok && t >= rlo[e] && t <= rpos[e] &&
-                   (!p.rule.sparse || p.rule.block_attended(rpos[e], rhead[e], work.kv_head, (t >> shift) << shift));
-            if (!ok) v = -INFINITY;
-          }
-          pr[e][2 * mt + hf] = v;
-          mx = max_nan(mx, v);
+          bool ok = tok_ok(tt);
+          if (stage_masked)
+            ok = ok && t >= rlo[e] && t <= rpos[e] &&
+                 (!p.rule.sparse || p.rule.block_attended(rpos[e], rhead[e], work.kv_head, (t >> shift) << shift));
+          if (!ok) pr[e][k] = -INFINITY;
         }
+    }
+    float alpha[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float mx = max_nan(max_nan(pr[e][0], pr[e][1]), max_nan(pr[e][2], pr[e][3]));
 #pragma unroll
       for (int off = 4; off < 32; off <<= 1) mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, off));
       const float m_new = max_nan(m[e], mx);
-      const float alpha = rescale(m[e], m_new);
+      alpha[e] = m_new == -INFINITY ? 1.0f : exp2_ftz(m[e] - m_new);
       float sum = 0.0f;
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        const float pv = m_new == -INFINITY ? 0.0f : __expf(pr[e][k] - m_new);
+        const float pv = m_new == -INFINITY ? 0.0f : exp2_ftz(pr[e][k] - m_new);
         pr[e][k] = pv;
         sum += pv;
       }
       m[e] = m_new;
-      l[e] = l[e] * alpha + sum;  // lane-partial; reduced over the 8 lanes of the row at the end
+      l[e] = l[e] * alpha[e] + sum;  // lane-partial; reduced over the 8 lanes of the row at the end
+    }
+    // once a row's max has settled (most stages of a long sequence) nothing needs rescaling
+    if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
       for (int t = 0; t < Tr::kDTiles; ++t) {
-        o[t][e] *= alpha;
-        o[t][2 + e] *= alpha;
+        o[t][0] *= alpha[0];
+        o[t][1] *= alpha[1];
+        o[t][2] *= alpha[0];
+        o[t][3] *= alpha[1];
       }
     }
 
-    // ---- O^T += V^T . P^T, two k-steps of 16 tokens
+    // ---- O^T += V^T . P^T, two k-steps of 16 tokens. P^T operand by shuffles from S^T's
+    // layout: b0 = tokens 2q, 2q + 1 of row r, b1 = +8
+    std::uint32_t pb[2][2];
 #pragma unroll
     for (int kk = 0; kk < 2; ++kk) {
-      // P^T operand by shuffles from S^T's layout: b0 = tokens 2q, 2q + 1 of row r, b1 = +8
-      const std::uint32_t lo = pack2<T>(pr[0][2 * kk], pr[1][2 * kk]);          // token 16kk + r
-      const std::uint32_t hi = pack2<T>(pr[0][2 * kk + 1], pr[1][2 * kk + 1]);  // token 16kk + r + 8
-      const std::uint32_t b0 = __byte_perm(__shfl_sync(0xffffffffu, lo, src0), __shfl_sync(0xffffffffu, lo, src1), half_sel);
-      const std::uint32_t b1 = __byte_perm(__shfl_sync(0xffffffffu, hi, src0), __shfl_sync(0xffffffffu, hi, src1), half_sel);
-      // values of tokens past the split or of pages not copied may hold anything (NaN): zero
-      // them (P is 0 there, but 0 * NaN is NaN)
-      std::uint32_t keep0 = 0xffffffffu, keep1 = 0xffffffffu;
-      if (!whole) {
-        const int tt = 16 * kk + 2 * q;
-        keep0 = half_mask(tok_ok(tt), tok_ok(tt + 1));
-        keep1 = half_mask(tok_ok(tt + 8), tok_ok(tt + 9));
-      }
-      if constexpr (!kFp8) {
-        // ldmatrix.x4 per 16 dims: (dims +0..7, tokens +0..7), (+8..15, +0..7), (+0..7, +8..15),
-        // (+8..15, +8..15) -> a0..a3; a matrix row is 8 tokens of one dim (16 bytes)
-        const int t = 16 * kk + 8 * (mi >> 1);
-        const std::uint32_t vaddr = vst + (t >> shift) * v_page + ((8 * (mi & 1) + i8) * bs + (t & (bs - 1))) * 2;
-#pragma unroll
-        for (int dt = 0; dt < Tr::kDTiles; ++dt) {
-          std::uint32_t a[4];
-          ldsm_x4(vaddr + dt * 16 * bs * 2, a);  // head 120: dims 120..127 read the next page (discarded)
-          a[0] &= keep0;
-          a[2] &= keep1;
-          if (16 * dt + 8 < D) {
-            a[1] &= keep0;
-            a[3] &= keep1;
-          } else {
-            a[1] = a[3] = 0u;
-          }
-          mma_16816<T>(o[dt], a, b0, b1);
-        }
-      } else {
-        // 16-bit loads: tokens 16kk + 2q, +1 (a0/a1) and 16kk + 8 + 2q, +1 (a2/a3) of dims
-        // 16dt + r (a0/a2) and 16dt + r + 8 (a1/a3)
-        const int ta = 16 * kk + 2 * q, tb = ta + 8;
-        const std::uint32_t va = vst + (ta >> shift) * v_page + r * bs + (ta & (bs - 1));
-        const std::uint32_t vb = vst + (tb >> shift) * v_page + r * bs + (tb & (bs - 1));
-#pragma unroll
-        for (int dt = 0; dt < Tr::kDTiles; ++dt) {
-          std::uint32_t a[4];
-          a[0] = fp8x2_to_pair<T, C>(lds_u16(va + dt * 16 * bs)) & keep0;
-          a[2] = fp8x2_to_pair<T, C>(lds_u16(vb + dt * 16 * bs)) & keep1;
-          if (16 * dt + 8 < D) {
-            a[1] = fp8x2_to_pair<T, C>(lds_u16(va + (dt * 16 + 8) * bs)) & keep0;
-            a[3] = fp8x2_to_pair<T, C>(lds_u16(vb + (dt * 16 + 8) * bs)) & keep1;
-          } else {
-            a[1] = a[3] = 0u;
-          }
-          mma_16816<T>(o[dt], a, b0, b1);
-        }
-      }
+      const std::uint32_t lo = pack2<PT>(pr[0][2 * kk], pr[1][2 * kk]);          // token 16kk + r
+      const std::uint32_t hi = pack2<PT>(pr[0][2 * kk + 1], pr[1][2 * kk + 1]);  // token 16kk + r + 8
+      pb[kk][0] = __byte_perm(__shfl_sync(0xffffffffu, lo, src0), __shfl_sync(0xffffffffu, lo, src1), half_sel);
+      pb[kk][1] = __byte_perm(__shfl_sync(0xffffffffu, hi, src0), __shfl_sync(0xffffffffu, hi, src1), half_sel);
     }
+    // values of tokens past the split or of pages not copied may hold anything (NaN): a stage
+    // that has such tokens zeroes them (P is 0 there, but 0 * NaN is NaN); whole stages skip
+    // the masks
+    auto pv_product = [&](auto masked_tag) {
+      constexpr bool kMasked = decltype(masked_tag)::value;
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+        std::uint32_t keep0 = 0xffffffffu, keep1 = 0xffffffffu;
+        if constexpr (kMasked) {
+          const int tt = 16 * kk + 2 * q;
+          keep0 = half_mask(tok_ok(tt), tok_ok(tt + 1));
+          keep1 = half_mask(tok_ok(tt + 8), tok_ok(tt + 9));
+        }
+        if constexpr (!kFp8) {
+          // ldmatrix.x4 per 16 dims: (dims +0..7, tokens +0..7), (+8..15, +0..7), (+0..7, +8..15),
+          // (+8..15, +8..15) -> a0..a3; a matrix row is 8 tokens of one dim (16 bytes)
+          const int t = 16 * kk + 8 * (mi >> 1);
+          const std::uint32_t vaddr = vst + (t >> shift) * v_page + ((8 * (mi & 1) + i8) * bs + (t & (bs - 1))) * 2;
+#pragma unroll
+          for (int dt = 0; dt < Tr::kDTiles; ++dt) {
+            std::uint32_t a[4];
+            ldsm_x4(vaddr + dt * 16 * bs * 2, a);  // head 120: dims 120..127 read the next page (discarded)
+            if constexpr (kMasked) {
+              a[0] &= keep0;
+              a[2] &= keep1;
+              a[1] &= keep0;
+              a[3] &= keep1;
+            }
+            if (16 * dt + 8 >= D) a[1] = a[3] = 0u;  // compile time
+            mma_16816<PT>(o[dt], a, pb[kk][0], pb[kk][1]);
+          }
+        } else {
+          // 16-bit loads: tokens 16kk + 2q, +1 (a0/a1) and 16kk + 8 + 2q, +1 (a2/a3) of dims
+          // 16dt + r (a0/a2) and 16dt + r + 8 (a1/a3)
+          const int ta = 16 * kk + 2 * q, tb = ta + 8;
+          const std::uint32_t va = vst + (ta >> shift) * v_page + r * bs + (ta & (bs - 1));
+          const std::uint32_t vb = vst + (tb >> shift) * v_page + r * bs + (tb & (bs - 1));
+#pragma unroll
+          for (int dt = 0; dt < Tr::kDTiles; ++dt) {
+            std::uint32_t a[4];
+            a[0] = fp8x2_to_pair<PT, C>(lds_u16(va + dt * 16 * bs)) & keep0;
+            a[2] = fp8x2_to_pair<PT, C>(lds_u16(vb + dt * 16 * bs)) & keep1;
+            if (16 * dt + 8 < D) {
+              a[1] = fp8x2_to_pair<PT, C>(lds_u16(va + (dt * 16 + 8) * bs)) & keep0;
+              a[3] = fp8x2_to_pair<PT, C>(lds_u16(vb + (dt * 16 + 8) * bs)) & keep1;
+            } else {
+              a[1] = a[3] = 0u;
+            }
+            mma_16816<PT>(o[dt], a, pb[kk][0], pb[kk][1]);
+          }
+        }
+      }
+    };
+    if (whole)
+      pv_product(std::false_type{});
+    else
+      pv_product(std::true_type{});
     // the slot may be refilled: every lane arrives after its own reads (an arrive releases
     // only the accesses of the thread that executes it; the barrier counts 32)
     mbar_arrive(smem_u32(empty + slot));
@@ -550,6 +605,8 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
   }
 
   // ---- merge the four consumer warps in a fixed order (deterministic)
+#pragma unroll
+  for (int e = 0; e < 2; ++e) m[e] *= kLn2;  // the running max back in natural units (-inf, NaN stay)
 #pragma unroll
   for (int e = 0; e < 2; ++e)
 #pragma unroll

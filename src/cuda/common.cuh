@@ -189,6 +189,19 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+/// log2(e) and ln(2): a kernel that keeps its logits in log2 units (x kLog2e) takes each
+/// exponential as one ex2 instruction and turns its running max back with kLn2.
+inline constexpr float kLog2e = 1.4426950408889634f;
+inline constexpr float kLn2 = 0.6931471805599453f;
+/// 2^x in one instruction (ex2.approx.ftz: 2 ulp; results below 2^-126 flush to 0, which no
+/// softmax weight of that size changes; -inf -> 0, NaN stays NaN). __expf adds a range check
+/// and two multiplies around the same instruction to keep subnormal results.
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 /// Warp-wide max that propagates NaN (a NaN logit must reach the output, SPEC §3).
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll

@@ -103,12 +103,12 @@ int attention_mma_ctas_per_sm() {
 
 /// The bulk kernel with `groups` row groups of consumer warps (8 query rows each; the kernel
 /// reads the group count from its block size and sizes its ring from it). Its shared-memory
-/// attribute is the larger of the two layouts, so either launch fits whichever came first.
+/// attribute is the larger of the two launches, so either fits whichever came first.
 template <typename T, int C, int D, int kGroups, bool kVar>
 struct BulkLaunch {
   using Tr = BulkTraits<T, static_cast<CacheKind>(C), D>;
   static constexpr auto kKernel = paged_attention_bulk_kernel<T, static_cast<CacheKind>(C), D, kVar>;
-  static constexpr int kSmem = Tr::smem_bytes(kGroups), kAttr = Tr::smem_bytes(kBulkMaxGroups);
+  static constexpr int kSmem = Tr::launch_bytes(kGroups), kAttr = Tr::attr_bytes();
   static void launch(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
     launch_kernel<kKernel, kSmem, bulk_threads(kGroups), kAttr>(kp, grid, stream, "paged_attention_bulk_kernel launch");
   }
