@@ -4,12 +4,13 @@
 //
 // Work split: the same CTAs as the other kernels (cta_work: sequence, kv head, a tile of
 // query rows, split), 8 rows per CTA (query token x head of the GQA group) per row group of
-// four consumer warps: one group (hopper_bulk_r8, 160 threads) or two (hopper_bulk_r16, 288
+// four consumer warps: one group (hopper_bulk_r8, 192 threads) or two (hopper_bulk_r16, 320
 // threads, chosen at launch), so one read of each page serves every row of a kv head up to 16
 // (MQA, groups of 16, several query tokens of a GQA group).
 //
-// Warp 4 is the producer. For stage s (32 tokens = kSpanAlign, 1-4 pages) it waits until the
-// slot is free, reads the block table, and issues one bulk copy for a page's keys
+// The warps after the consumers are the producers (kBulkProducers, stages alternating between
+// them). For stage s (32 tokens = kSpanAlign, 1-4 pages) one reads the block table, waits until
+// the slot is free, and issues one bulk copy for a page's keys
 // ([head_size/x, block_size, x], contiguous per kv head) and one for its values
 // ([head_size, block_size]); pages no row attends are not copied (producer and consumers
 // compute that mask alike, stage_pages). 4-24 slots of ~8-32 KB keep 64-192 KB per CTA in
@@ -46,16 +47,21 @@ namespace pagedattn::detail::cuda {
 inline constexpr int kBulkRows = kMmaHeads;  ///< query rows per CTA (mma n)
 inline constexpr int kBulkConsumers = 4;   ///< consumer warps (write_merged merges kWarps states)
 inline constexpr int kBulkMaxGroups = 2;  ///< row groups of kBulkConsumers warps (8 rows each)
-/// Threads of a CTA with `groups` row groups: their consumer warps, then the producer warp.
-constexpr int bulk_threads(int groups) { return (kBulkConsumers * groups + 1) * 32; }
-inline constexpr int kBulkThreads = bulk_threads(1);
+/// Producer warps: stage s is issued by producer s % kBulkProducers. Profiled on the H200
+/// (v0.8), one producer's per-stage chain (free-slot check, page mask, block-table entry, the
+/// bulk copies) is what bounded the CTAs that need a stage every ~0.5 us: fp8 caches (8 KB
+/// stages) and the 16-row CTAs (one per SM); their consumers waited on data 37-45% of the time
+/// while the producer never waited on a free slot.
+inline constexpr int kBulkProducers = 2;
+/// Threads of a CTA with `groups` row groups: their consumer warps, then the producer warps.
+constexpr int bulk_threads(int groups) { return (kBulkConsumers * groups + kBulkProducers) * 32; }
 inline constexpr int kBulkMaxThreads = bulk_threads(kBulkMaxGroups);
 inline constexpr int kStageTokens = 32;    ///< tokens per ring stage
-/// Ring bytes aimed at, per row-group count. One row group (hopper_bulk_r8, 160 threads, up
+/// Ring bytes aimed at, per row-group count. One row group (hopper_bulk_r8, 192 threads, up
 /// to 2 CTAs per SM): measured on the H200 (fp8 32/8, batch 32 x 8k), 96 KB (12 slots, 3 per
 /// consumer warp, 2 CTAs per SM) 85.7% of copy, 64 KB (8 slots, up to 3 CTAs per SM) 73.8%: a
 /// consumer warp needs more than one stage in flight while it computes another. Two row groups
-/// (hopper_bulk_r16, 288 threads, held to 1 CTA per SM by its registers) get the SM's shared
+/// (hopper_bulk_r16, 320 threads, held to 1 CTA per SM by its ring) get the SM's shared
 /// memory alone, so twice the ring keeps as many bytes in flight per SM as two r8 CTAs do.
 constexpr int bulk_ring_target(int groups) { return groups * 96 * 1024; }
 /// Shared memory a one-row-group launch asks at least, so that no more than two of its CTAs
@@ -152,6 +158,10 @@ __device__ __forceinline__ void ldsm_x4(std::uint32_t addr, std::uint32_t (&r)[4
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
+}
+/// Two 8x8 matrices: lanes 0-7 address the rows of the first, lanes 8-15 of the second.
+__device__ __forceinline__ void ldsm_x2(std::uint32_t addr, std::uint32_t& r0, std::uint32_t& r1) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(addr));
 }
 __device__ __forceinline__ std::uint32_t lds_u32(std::uint32_t addr) {
   std::uint32_t v;
@@ -266,22 +276,46 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
   // pi(8+2j+e) = 4j+2+e: the order one 32-bit load of 4 fp8 key bytes produces.
   {
     const T* qg = static_cast<const T*>(p.query);
-    for (int i = tid; i < groups * R * Tr::kQPitch; i += static_cast<int>(blockDim.x)) {
-      const int row = i / Tr::kQPitch, c = i % Tr::kQPitch;
-      int d = c;
-      if constexpr (kFp8) {
-        const int k = c & 15, j = (k & 7) >> 1;
-        d = (c & ~15) + 4 * j + (k >= 8 ? 2 : 0) + (k & 1);
+    auto row_ptr = [&](int row) {
+      return qg + static_cast<std::int64_t>(work.qrow(row)) * p.q_stride + static_cast<std::int64_t>(work.head(row)) * D;
+    };
+    constexpr int kRowChunks = Tr::kQPitch / 8;  // 16-byte chunks of a q_s row (8 dims each)
+    static_assert(Tr::kQPitch % 8 == 0 && D % 8 == 0, "a query chunk is 8 dims, all in or all out of the head");
+    if (reinterpret_cast<std::uintptr_t>(qg) % 16 == 0 && p.q_stride % 8 == 0) {
+      // one 16-byte load per chunk, all issued at once (a CTA's whole prologue waits on them)
+      for (int i = tid; i < groups * R * kRowChunks; i += static_cast<int>(blockDim.x)) {
+        const int row = i / kRowChunks, c8 = i % kRowChunks;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (row < work.nr && 8 * c8 < D) v = *reinterpret_cast<const uint4*>(row_ptr(row) + 8 * c8);
+        T* dst = q_s + row * Tr::kQPitch;
+        if (!kFp8 || c8 >= 2 * Tr::kKSteps) {
+          *reinterpret_cast<uint4*>(dst + 8 * c8) = v;
+        } else {
+          // dims 8h + (0,1 | 2,3 | 4,5 | 6,7) of group g = c8 / 2 (half h) go to its slots
+          // (4h | 8 + 4h | 4h + 2 | 8 + 4h + 2): words (2h | 4 + 2h | 2h + 1 | 4 + 2h + 1)
+          std::uint32_t* gw = reinterpret_cast<std::uint32_t*>(dst + 16 * (c8 >> 1)) + 2 * (c8 & 1);
+          *reinterpret_cast<uint2*>(gw) = make_uint2(v.x, v.z);
+          *reinterpret_cast<uint2*>(gw + 4) = make_uint2(v.y, v.w);
+        }
       }
-      T v = from_float<T>(0.0f);
-      if (row < work.nr && c < Tr::kKSteps * 16 && d < D)
-        v = qg[static_cast<std::int64_t>(work.qrow(row)) * p.q_stride + static_cast<std::int64_t>(work.head(row)) * D + d];
-      q_s[i] = v;
+    } else {
+      for (int i = tid; i < groups * R * Tr::kQPitch; i += static_cast<int>(blockDim.x)) {
+        const int row = i / Tr::kQPitch, c = i % Tr::kQPitch;
+        int d = c;
+        if constexpr (kFp8) {
+          const int k = c & 15, j = (k & 7) >> 1;
+          d = (c & ~15) + 4 * j + (k >= 8 ? 2 : 0) + (k & 1);
+        }
+        T v = from_float<T>(0.0f);
+        if (row < work.nr && c < Tr::kKSteps * 16 && d < D) v = row_ptr(row)[d];
+        q_s[i] = v;
+      }
     }
   }
   __syncthreads();
 
-  if (warp == kBulkConsumers * groups) {  // ------------------------------------- producer
+  if (warp >= kBulkConsumers * groups) {  // ------------------------------------- producers
+    const int producer = warp - kBulkConsumers * groups;  // issues stages producer, + kBulkProducers, ...
     const std::int32_t* bt = p.block_tables + static_cast<std::int64_t>(work.seq) * p.bt_stride;
     const unsigned char* kg = static_cast<const unsigned char*>(p.key_cache) +
                               static_cast<std::int64_t>(work.kv_head) * p.k_head_stride * Tr::kElem;
@@ -295,31 +329,40 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
     // 16-bit caches: block-table entries come in batches of 32 pages (one coalesced warp load:
     // lane i holds the entry of page first_page + 32 b + i), the next batch loaded while this
     // one is used, so no stage waits on a block-table read (measured on the H200: +1-5 points
-    // of copy on fp16, +4.7 at block size 8). fp8 caches read one entry per stage: with batches
-    // they measured 6-7 points slower (not explained yet; docs/performance.md, v0.5).
+    // of copy on fp16, +4.7 at block size 8). fp8 caches read one entry per stage, before the
+    // wait for the free slot so the read overlaps it: with batches they measured 6-7 points
+    // slower (v0.5, one producer; not explained yet).
     constexpr bool kBatchTable = !kFp8;
     const int pages = kStageTokens >> shift;  // pages per stage (1-4)
-    const int spb = 32 / pages;               // stages per batch
+    const int spb = 32 / pages;               // stages per batch (8-32: a producer visits every batch)
     const int first_page = start >> shift, last_page = (end - 1) >> shift;
     auto load_batch = [&](int b) {
       const int pg = first_page + 32 * b + lane;
       return pg <= last_page ? bt[pg] : 0;
     };
-    int cur = 0, nxt = 0;
+    int cur = 0, nxt = 0, cur_batch = 0;
     if constexpr (kBatchTable) {
       cur = load_batch(0);
       if (nstages > spb) nxt = load_batch(1);
     }
-    // stage s fills slot s % nslots in round s / nslots (phase parity: round & 1)
-    for (int s = 0, slot = 0, round = 0; s < nstages; ++s) {
-      int batch_page = 0;
+    // stage s fills slot s % nslots in round s / nslots (phase parity: round & 1); nslots is a
+    // multiple of the producer count, so each slot has one producer
+    static_assert(kBulkConsumers % kBulkProducers == 0, "slots come in multiples of the consumer count");
+    for (int s = producer, slot = producer, round = 0; s < nstages; s += kBulkProducers) {
+      const int t0 = start + s * kStageTokens;
+      const unsigned mask = stage_pages<kVar>(p, work, cta_ranges, t0, lane);
+      const bool need = (mask >> lane) & 1u;
+      int page = 0;
       if constexpr (kBatchTable) {
-        const int b = s / spb, i = s - b * spb;
-        if (i == 0 && s > 0) {
+        const int b = s / spb;
+        if (b != cur_batch) {  // b grows by one at most: kBulkProducers <= spb
           cur = nxt;
+          cur_batch = b;
           if ((b + 1) * spb < nstages) nxt = load_batch(b + 1);
         }
-        batch_page = __shfl_sync(0xffffffffu, cur, (i * pages + lane) & 31);
+        page = __shfl_sync(0xffffffffu, cur, ((s - b * spb) * pages + lane) & 31);
+      } else {
+        if (need) page = bt[(t0 + lane * bs) >> shift];
       }
       if (round > 0) {
         mbar_wait(smem_u32(empty + slot), (round - 1) & 1);
@@ -328,11 +371,6 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
         // overwrite it
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       }
-      const int first = start + s * kStageTokens + lane * bs;
-      const unsigned mask = stage_pages<kVar>(p, work, cta_ranges, start + s * kStageTokens, lane);
-      const bool need = (mask >> lane) & 1u;
-      int page = 0;
-      if (need) page = kBatchTable ? batch_page : bt[first >> shift];
       if (lane == 0)
         mbar_arrive_expect_tx(smem_u32(full + slot), static_cast<std::uint32_t>(__popc(mask) * (k_page + v_page)));
       __syncwarp();
@@ -344,8 +382,9 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
         bulk_copy(dst + Tr::kKStageBytes + lane * v_page, vg + static_cast<std::int64_t>(page) * p.v_block_stride * Tr::kElem,
                   v_page, bar, policy);
       }
-      if (++slot == nslots) {
-        slot = 0;
+      slot += kBulkProducers;
+      if (slot >= nslots) {
+        slot -= nslots;
         ++round;
       }
     }
@@ -436,8 +475,14 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
           std::uint32_t a[4];
-          ldsm_x4(kaddr[mt] + 2 * ks * bs * 16, a);
-          if (2 * ks + 1 >= Tr::kChunks) a[2] = a[3] = 0u;  // head 120: no chunk 15 (compile time)
+          if (2 * ks + 1 < Tr::kChunks) {  // compile time
+            ldsm_x4(kaddr[mt] + 2 * ks * bs * 16, a);
+          } else {
+            // head 120: no chunk 15; lanes 0-15 address chunk 2ks (tokens +0..7, +8..15), so
+            // nothing past the page is read (the bytes after it are another slot being filled)
+            ldsm_x2(kaddr[mt] + 2 * ks * bs * 16, a[0], a[1]);
+            a[2] = a[3] = 0u;
+          }
           mma_16816<T>(sacc[mt], a, qb[ks][0], qb[ks][1]);
         }
     } else {
@@ -558,14 +603,21 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
 #pragma unroll
           for (int dt = 0; dt < Tr::kDTiles; ++dt) {
             std::uint32_t a[4];
-            ldsm_x4(vaddr + dt * 16 * bs * 2, a);  // head 120: dims 120..127 read the next page (discarded)
+            if (16 * dt + 8 < D) {  // compile time
+              ldsm_x4(vaddr + dt * 16 * bs * 2, a);
+            } else {
+              // head 120: the last tile has dims +0..7 only; lanes 0-15 address (dims +0..7,
+              // tokens +0..7) and (+0..7, +8..15), so nothing past the page is read
+              const int th = 16 * kk + 8 * ((lane >> 3) & 1);
+              ldsm_x2(vst + (th >> shift) * v_page + (i8 * bs + (th & (bs - 1))) * 2 + dt * 16 * bs * 2, a[0], a[2]);
+              a[1] = a[3] = 0u;
+            }
             if constexpr (kMasked) {
               a[0] &= keep0;
               a[2] &= keep1;
               a[1] &= keep0;
               a[3] &= keep1;
             }
-            if (16 * dt + 8 >= D) a[1] = a[3] = 0u;  // compile time
             mma_16816<PT>(o[dt], a, pb[kk][0], pb[kk][1]);
           }
         } else {

@@ -223,6 +223,29 @@ INSTANTIATE_TEST_SUITE_P(Gqa, Groups,
                                            std::tuple{12, 2}, std::tuple{14, 2}, std::tuple{20, 2}, std::tuple{32, 2},
                                            std::tuple{32, 1}, std::tuple{64, 1}));
 
+// A query whose rows are 5 elements apart beyond the heads (a slice of a wider tensor): its
+// rows are not 16-byte aligned, so the bulk kernel loads it element by element instead of in
+// 16-byte chunks (fp8 caches store it with permuted dims either way). Every kernel, forced.
+TEST(CudaAttention, QueryRowsNotSixteenByteAligned) {
+  PAGEDATTN_REQUIRE_GPU();
+  PAGEDATTN_TEST_RNG(rng);
+  for (const CacheDType cache : {CacheDType::kAuto, CacheDType::kFp8E4M3})
+    for (const int group : {4, 16}) {
+      ProblemConfig c;
+      c.dtype = DType::kBFloat16;
+      c.kv_cache_dtype = cache;
+      c.head_size = 120;
+      c.block_size = 16;
+      c.num_kv_heads = 2;
+      c.num_heads = 2 * group;
+      c.num_seqs = 3;
+      c.max_len = 700;
+      c.q_row_pad = 5;
+      SCOPED_TRACE(::testing::Message() << "cache " << cache_tag(cache) << " group " << group);
+      check_all_paths(build_problem(c, rng));
+    }
+}
+
 TEST(CudaAttention, AllEmptySequences) {
   PAGEDATTN_REQUIRE_GPU();
   PAGEDATTN_TEST_RNG(rng);
