@@ -18,7 +18,9 @@
 #                 into a fresh directory (pip --target; numpy/pytest/torch from the machine's python),
 #                 then the Python suite runs against it from outside the tree (WHEEL_PYTEST_ARGS: extra
 #                 pytest arguments)
-# Steps (env): SWEEPS names bench sweeps to run (auto/V1/V2 rows, --no-check, JSON + CSV);
+# Steps (env): SWEEPS names bench sweeps to run (auto/V1/V2 rows, --no-check, JSON + CSV;
+# SWEEP_ARGS adds bench options, e.g. "--algo auto,v1,v2 --timing graph --iters 10
+# --graph-iters 10 --warmup 5": the issue-3 sweep then takes ~30 s on the H200);
 # SMOKE_FILTER runs first (a quick gtest filter: stops a hung kernel early),
 # SKIP_SUITE=1 skips the full suite, PAGEDATTN_SANITIZER_TOOLS (default memcheck) on SAN_FILTER,
 # racecheck on RACE_FILTER, PDL on/off on PDL_CASES, V1/V2/auto on ALGO_CASES (case files).
@@ -143,7 +145,8 @@ done
 for sw in ${SWEEPS:-}; do
   [ -x /tmp/prebuilt/bench ] || break
   t0=$(date +%s)
-  timeout ${SWEEP_TIMEOUT:-300} /tmp/prebuilt/bench --backend cuda --sweep "$sw" --no-check --json "$out/sweep-$sw.json" --csv "$out/sweep-$sw.csv" > "$out/sweep-$sw.log" 2>&1 || rc=1
+  # shellcheck disable=SC2086
+  timeout ${SWEEP_TIMEOUT:-300} /tmp/prebuilt/bench --backend cuda --sweep "$sw" --no-check ${SWEEP_ARGS:-} --json "$out/sweep-$sw.json" --csv "$out/sweep-$sw.csv" > "$out/sweep-$sw.log" 2>&1 || rc=1
   echo "sweep $sw: $(( $(date +%s) - t0 )) s, $(grep -c . "$out/sweep-$sw.csv" 2>/dev/null) csv lines" | tee -a "$out/summary.txt"
 done
 # a wheel, installed into a fresh environment and tested from outside the tree
