@@ -99,6 +99,7 @@ KernelCall make_kernel_call(const PagedAttentionParams& p, const AttentionShape&
   kc.rule = make_logits_rule(p, s);
   kc.alibi = p.alibi_slopes.defined() ? static_cast<const float*>(p.alibi_slopes.data) : nullptr;
   kc.prefetch_blocks = prefetch_blocks(s);
+  kc.target = chosen_kernel_target();
   return kc;
 }
 

@@ -96,7 +96,9 @@ ThreadScratch& scratch() {
 }
 
 template <CacheKind K>
-struct CacheTraits;
+struct CacheTraits {  // fp8: one byte per element
+  using Elem = std::uint8_t;
+};
 template <>
 struct CacheTraits<CacheKind::kF32> {
   using Elem = float;
@@ -108,14 +110,6 @@ struct CacheTraits<CacheKind::kF16> {
 template <>
 struct CacheTraits<CacheKind::kBF16> {
   using Elem = hwy::bfloat16_t;
-};
-template <>
-struct CacheTraits<CacheKind::kFp8E4M3> {
-  using Elem = std::uint8_t;
-};
-template <>
-struct CacheTraits<CacheKind::kFp8E5M2> {
-  using Elem = std::uint8_t;
 };
 
 /// Lanes(df) cache elements at src, as floats (fp8: the value before the decode factor).
@@ -787,33 +781,24 @@ std::vector<std::int64_t> runnable() {
   return out;  // lower bits are better targets
 }
 
+}  // namespace
+
 /// The table index to run: PAGEDATTN_CPU_KERNEL's target when it names a runnable one
 /// ("generic" = the last, portable one), else the best.
-std::size_t chosen_index() {
+int chosen_kernel_target() {
   const std::vector<std::int64_t> ts = runnable();
   const char* want = std::getenv("PAGEDATTN_CPU_KERNEL");
   if (want != nullptr && *want != '\0') {
-    if (std::strcmp(want, "generic") == 0) return table_index(ts.back());
+    if (std::strcmp(want, "generic") == 0) return static_cast<int>(table_index(ts.back()));
     for (std::int64_t t : ts)
-      if (strcasecmp(want, hwy::TargetName(t)) == 0) return table_index(t);
+      if (strcasecmp(want, hwy::TargetName(t)) == 0) return static_cast<int>(table_index(t));
   }
-  return table_index(ts.front());
+  return static_cast<int>(table_index(ts.front()));
 }
 
-}  // namespace
+void attend_tile(const KernelCall& kc, const TileJob& job) { (*HWY_DISPATCH_TABLE(AttendTile)[kc.target])(kc, job); }
 
-void attend_tile(const KernelCall& kc, const TileJob& job) {
-  static thread_local std::size_t index = 0;
-  static thread_local std::string seen = "\1";  // never a value of the knob: the first call chooses
-  const char* env = std::getenv("PAGEDATTN_CPU_KERNEL");
-  if (seen != (env != nullptr ? env : "")) {  // the knob is read again when it changes (tests switch it)
-    index = chosen_index();
-    seen = env != nullptr ? env : "";
-  }
-  (*HWY_DISPATCH_TABLE(AttendTile)[index])(kc, job);
-}
-
-std::string cpu_kernel_target() { return (*HWY_DISPATCH_TABLE(TargetName)[chosen_index()])(); }
+std::string cpu_kernel_target() { return (*HWY_DISPATCH_TABLE(TargetName)[chosen_kernel_target()])(); }
 
 std::vector<std::string> cpu_kernel_targets() {
   std::vector<std::string> names;

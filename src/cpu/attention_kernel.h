@@ -34,6 +34,7 @@ struct KernelCall {
   LogitsRule rule;                ///< soft-cap, window, block-sparse
   const float* alibi = nullptr;   ///< [num_heads] slopes or nullptr
   int prefetch_blocks = 4;        ///< cache blocks prefetched ahead of the one computed
+  int target = 0;                 ///< the kernel copy to run: chosen_kernel_target(), once per call
 };
 
 /// One tile: its rows, the token range, and where the rows' states go.
@@ -62,7 +63,11 @@ struct TileJob {
 /// weights exp(s - m) then stay below e^8; the state is exact either way).
 constexpr float kLazyRescale = 8.0f;
 
-/// Runs one tile on the instruction set chosen for this process (see cpu_kernel_target()).
+/// The kernel copy to run (an index for KernelCall::target): the one PAGEDATTN_CPU_KERNEL names
+/// when this CPU runs it, else the best. Read once per call by the driver, so a test or a
+/// measurement can switch copies between calls.
+int chosen_kernel_target();
+/// Runs one tile on the kernel copy kc.target.
 void attend_tile(const KernelCall& kc, const TileJob& job);
 
 /// Name of the instruction set attend_tile runs: Highway's name of the best target this CPU

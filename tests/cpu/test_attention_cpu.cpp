@@ -743,12 +743,7 @@ TEST(CpuAttention, KernelCopiesMatchReferenceAndRepeat) {
             ForceTarget force(target);
             std::vector<double> got[2];
             for (int rep = 0; rep < 2; ++rep) {
-              if (a == Algo::kV1) {
-                paged_attention_v1(pb.params);
-              } else {
-                auto ws = pb.make_workspace();
-                paged_attention_v2(pb.params, ws.views());
-              }
+              call_of(pb, a)();
               got[rep] = pb.out_values();
             }
             const std::string what = detail::cat(algo_name(a), " ", target, " copy");
@@ -868,14 +863,7 @@ TEST(CpuAttention, SameBitsAtAnyThreadCountWithKvSplits) {
         std::vector<std::uint8_t> out[3], lse[3];
         for (int n = 1; n <= 3; ++n) {
           OmpThreads threads(n);
-          if (a == Algo::kV1) {
-            paged_attention_v1(pb.params);
-          } else if (a == Algo::kV2) {
-            auto ws = pb.make_workspace();
-            paged_attention_v2(pb.params, ws.views());
-          } else {
-            paged_attention(pb.params, nullptr, 0);
-          }
+          call_of(pb, a)();
           out[n - 1] = pb.out.storage;
           if (c.lse) lse[n - 1] = pb.lse.storage;
         }
