@@ -62,16 +62,15 @@ __device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
 }
 
 /// Converts the 16-byte-vector words of a cache load into pairs of T (16-bit) words.
-/// 16-bit caches are already in T; fp8 goes fp8x2 -> f16x2 (hardware, exact), and for
+/// 16-bit caches are already in T; fp8 goes fp8x2 -> f16x2 (fp8x2_to_f16x2, exact), and for
 /// bfloat16 on to bf16x2 (exact: every fp8 value is a bf16 value).
 template <typename T, CacheKind C>
 __device__ __forceinline__ std::uint32_t fp8x2_to_pair(std::uint32_t two_bytes) {
-  constexpr __nv_fp8_interpretation_t kind = C == CacheKind::kE4M3 ? __NV_E4M3 : __NV_E5M2;
-  __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_bytes), kind);
+  const std::uint32_t h = fp8x2_to_f16x2<C>(two_bytes);
   if constexpr (std::is_same_v<T, __half>) {
-    return *reinterpret_cast<std::uint32_t*>(&h);
+    return h;
   } else {
-    const float2 f = __half22float2(*reinterpret_cast<__half2*>(&h));
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h));
     return pack2<T>(f.x, f.y);
   }
 }

@@ -5,6 +5,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
+
+#include "core/fp8_pairs.h"
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -99,8 +101,30 @@ __device__ __forceinline__ __half from_float<__half>(float v) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+/// Two fp8 codes (bytes 0 and 1 of `two_bytes`) as an f16 pair (low, high half): the hardware
+/// pair conversion on sm_89+; before it, integer operations and one f16 multiply
+/// (core/fp8_pairs.h: exact for every code, tested against the software codec) instead of the
+/// CUDA headers' element-by-element software decode.
+template <CacheKind C>
+__device__ __forceinline__ std::uint32_t fp8x2_to_f16x2(std::uint32_t two_bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  constexpr __nv_fp8_interpretation_t kind = C == CacheKind::kE4M3 ? __NV_E4M3 : __NV_E5M2;
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(two_bytes), kind);
+  return (static_cast<std::uint32_t>(h.y) << 16) | h.x;
+#else
+  if constexpr (C == CacheKind::kE5M2) {
+    return e5m2x2_to_f16x2(two_bytes);
+  } else {
+    const F16x2Scaled s = e4m3x2_to_f16x2_scaled(two_bytes);
+    const std::uint32_t k256 = 0x5c005c00u;  // (256, 256) in f16
+    const __half2 v = __hmul2(*reinterpret_cast<const __half2*>(&s.bits), *reinterpret_cast<const __half2*>(&k256));
+    return *reinterpret_cast<const std::uint32_t*>(&v) | s.nan;
+  }
+#endif
+}
+
 /// Decodes `N` cache elements packed in `words` (their raw bytes) into floats.
-/// fp8 goes through the hardware pair conversion to f16 (bit-exact with the software tables),
+/// fp8 goes through the pair conversion to f16 (fp8x2_to_f16x2; exact),
 /// f16/bf16 through packed pair conversions.
 template <typename T, CacheKind C, int N>
 struct Decoder;
@@ -137,14 +161,12 @@ struct Decoder<__nv_bfloat16, CacheKind::kSame, N> {
 template <typename T, CacheKind C, int N>
 struct Decoder {  // fp8
   __device__ __forceinline__ static void run(const std::uint32_t* words, float* out) {
-    constexpr __nv_fp8_interpretation_t kind = C == CacheKind::kE4M3 ? __NV_E4M3 : __NV_E5M2;
 #pragma unroll
     for (int i = 0; i < N / 4; ++i) {
       const std::uint32_t w = words[i];
-      __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xffffu), kind);
-      __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w >> 16), kind);
-      float2 a = __half22float2(*reinterpret_cast<__half2*>(&lo));
-      float2 b = __half22float2(*reinterpret_cast<__half2*>(&hi));
+      const std::uint32_t lo = fp8x2_to_f16x2<C>(w & 0xffffu), hi = fp8x2_to_f16x2<C>(w >> 16);
+      float2 a = __half22float2(*reinterpret_cast<const __half2*>(&lo));
+      float2 b = __half22float2(*reinterpret_cast<const __half2*>(&hi));
       out[4 * i] = a.x;
       out[4 * i + 1] = a.y;
       out[4 * i + 2] = b.x;
