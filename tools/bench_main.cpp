@@ -177,7 +177,7 @@ int run(int argc, char** argv) {
   std::string kernel;
   auto* o_kernel = app.add_option("--kernel", kernel,
                                   "CUDA: pin this registry kernel (cuda_core_r1, cuda_core_r2, "
-                                  "cuda_core_r4, tensor_core_r8, hopper_bulk_r8, hopper_bulk_r16) on every entry point it runs "
+                                  "cuda_core_r4, tensor_core_r8, hopper_bulk_r8, hopper_bulk_r16, hopper_bulk_r32) on every entry point it runs "
                                   "(V1, V2, auto); \"\" = the auto rule");
   app.add_option("--sweep", sweep_name, "run a named sweep (see --list-sweeps)");
   app.add_flag("--list-sweeps", list, "list the named sweeps and exit");

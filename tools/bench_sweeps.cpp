@@ -196,7 +196,8 @@ std::vector<Sweep> build() {
 
   all.push_back({"issue3",
                  "issue 3's table and goals: MHA fp16/bf16 large KV, GQA groups 2/4/6/7/8, fp8 e4m3/e5m2, "
-                 "batch 1-4 at 32k-128k, head sizes 64-256, block sizes 8/16/32, mixed lengths, alibi",
+                 "batch 1-4 at 32k-128k, head sizes 64-256, block sizes 8/16/32, mixed lengths, alibi, "
+                 "groups 16/32 and MQA",
                  false,
                  expand({
                      {"mha", {F16, BF16}, {KV_AUTO}, {{32, 32}}, {128}, {16}, {32}, {2 * K, 4 * K, 8 * K, 16 * K, 32 * K}},
@@ -211,6 +212,8 @@ std::vector<Sweep> build() {
                      {"block-size", {F16, BF16}, {KV_AUTO}, {{32, 8}}, {128}, {8, 16, 32}, {16}, {8 * K}},
                      {"mixed", {F16}, {KV_AUTO}, {{32, 8}}, {128}, {16}, {32}, {4 * K, 16 * K}, SeqDist::kUniform},
                      {"alibi", {F16}, {KV_AUTO}, {{32, 32}}, {128}, {16}, {16}, {8 * K}, SeqDist::kFixed, true},
+                     // more than 8 rows per kv head: group 16, MQA (32 rows), group 32 over 2 kv heads
+                     {"mqa", {F16}, {KV_AUTO}, {{32, 2}, {32, 1}, {64, 2}}, {128}, {16}, {16, 128}, {8 * K}},
                  }),
                  {}});
 

@@ -3,10 +3,12 @@
 // on an mbarrier), and four consumer warps run both products on tensor cores.
 //
 // Work split: the same CTAs as the other kernels (cta_work: sequence, kv head, a tile of
-// query rows, split), 8 rows per CTA (query token x head of the GQA group) per row group of
-// four consumer warps: one group (hopper_bulk_r8, 192 threads) or two (hopper_bulk_r16, 320
-// threads, chosen at launch), so one read of each page serves every row of a kv head up to 16
-// (MQA, groups of 16, several query tokens of a GQA group).
+// query rows, split), 8 rows (query token x head of the GQA group) per row group of four
+// consumer warps: one group (hopper_bulk_r8, 192 threads) or two (hopper_bulk_r16, 320
+// threads, chosen at launch); or, up to head 128, two groups of 16 rows, each warp on two mma
+// n-tiles that share every K and V fragment it loads (hopper_bulk_r32, template NH = 2). So
+// one read of each page serves every row of a kv head up to 32 (MQA, groups of 16 or 32,
+// several query tokens of a GQA group).
 //
 // The warps after the consumers are the producers (kBulkProducers, stages alternating between
 // them). For stage s (32 tokens = kSpanAlign, 1-4 pages) one reads the block table, waits until
@@ -19,7 +21,7 @@
 //
 // Consumer warp w of each row group takes stages w, w+4, ...: it waits on the slot's full
 // barrier (the slot's pages serve both groups: its empty barrier counts every lane of the
-// warps reading it), computes for its group's 8 rows,
+// warps reading it), computes for its group's 8 rows (per n-tile),
 // transposed so the rows are the narrow n dimension (an m of 16 rows would double the mma
 // work, and mma.sync throughput is what bounds a consumer warp: measured on the H200),
 //   S^T[32 tokens x 8 rows] = K . Q^T                     (2 m-tiles of 16 tokens)
@@ -44,7 +46,11 @@
 
 namespace pagedattn::detail::cuda {
 
-inline constexpr int kBulkRows = kMmaHeads;  ///< query rows per CTA (mma n)
+inline constexpr int kBulkRows = kMmaHeads;  ///< query rows of one mma n-tile
+/// Widest head of the kernel with two n-tiles (16 rows) per consumer warp (hopper_bulk_r32):
+/// its accumulators (O^T and Q^T fragments of both tiles) must fit the 200 registers a thread
+/// of a 320-thread CTA has.
+inline constexpr int kBulkWideMaxHead = 128;
 inline constexpr int kBulkConsumers = 4;   ///< consumer warps (write_merged merges kWarps states)
 inline constexpr int kBulkMaxGroups = 2;  ///< row groups of kBulkConsumers warps (8 rows each)
 /// Producer warps: stage s is issued by producer s % kBulkProducers. Profiled on the H200
@@ -75,7 +81,9 @@ constexpr int bulk_max_stages(int groups) { return groups * 12; }
 static_assert(kStageTokens == kSpanAlign, "a split starts on a stage boundary");
 static_assert(kBulkConsumers == kWarps, "write_merged merges kWarps warp states");
 
-template <typename T, CacheKind C, int D>
+/// NH: mma n-tiles of 8 query rows per consumer warp (1, or 2 for hopper_bulk_r32: each K and
+/// V fragment a warp loads serves 16 rows).
+template <typename T, CacheKind C, int D, int NH = 1>
 struct BulkTraits {
   using CacheT = typename CacheElem<T, C>::type;
   static constexpr int kElem = static_cast<int>(sizeof(CacheT));
@@ -96,13 +104,20 @@ struct BulkTraits {
     const int wanted = bulk_ring_target(groups) / kStageBytes / kBulkConsumers * kBulkConsumers;
     return wanted < kBulkConsumers ? kBulkConsumers : wanted > bulk_max_stages(groups) ? bulk_max_stages(groups) : wanted;
   }
-  /// queries [groups x 8 rows][kQPitch] in T; +8 elements so the 8 rows' fragment loads hit
+  static constexpr int kGroupRows = kBulkRows * NH;  ///< query rows of a row group
+  static_assert(NH == 1 || (NH == 2 && D <= kBulkWideMaxHead), "two n-tiles per warp up to kBulkWideMaxHead");
+  /// queries [groups x kGroupRows][kQPitch] in T; +8 elements so the 8 rows' fragment loads hit
   /// distinct banks
   static constexpr int kQPitch = kKSteps * 16 + 8;
-  static constexpr int kQBytes = (kBulkMaxGroups * kBulkRows * kQPitch * 2 + 15) / 16 * 16;
-  /// shared-memory layout: the ring, the queries, then a (full, empty) mbarrier pair per slot
+  static constexpr int kQBytes = (kBulkMaxGroups * kGroupRows * kQPitch * 2 + 15) / 16 * 16;
+  /// then a BulkRow per query row: what the rare per-row paths (ALiBi, soft-cap, masked
+  /// stages) read, kept out of the consumers' registers (16-row warps need them for the
+  /// accumulators)
+  static constexpr int kRowBytes = kBulkMaxGroups * kGroupRows * 16;
+  /// shared-memory layout: the ring, the queries, the rows, then a (full, empty) mbarrier pair
+  /// per slot
   static constexpr int ring_bytes(int groups) { return stages(groups) * kStageBytes; }
-  static constexpr int bar_offset(int groups) { return ring_bytes(groups) + kQBytes; }
+  static constexpr int bar_offset(int groups) { return ring_bytes(groups) + kQBytes + kRowBytes; }
   static constexpr int smem_bytes(int groups) { return bar_offset(groups) + stages(groups) * (8 + 8); }
   /// Dynamic shared memory of a launch (the layout, or kBulkOneGroupMinSmem for one row group)
   static constexpr int launch_bytes(int groups) {
@@ -115,9 +130,17 @@ struct BulkTraits {
   static_assert(smem_bytes(kBulkMaxGroups) <= 227 * 1024, "the ring must fit an sm_90 CTA's shared memory");
   /// the epilogue's merge buffers (one per row group) alias the ring and the queries (both
   /// free by then: every stage consumed, the queries held in registers since the start)
-  static constexpr int kRedBytes = 4 * (kWarps * kBulkRows * D + 2 * kWarps * kBulkRows);
+  static constexpr int kRedBytes = 4 * (kWarps * kGroupRows * D + 2 * kWarps * kGroupRows);
   static_assert(kBulkMaxGroups * kRedBytes <= bar_offset(1), "merge buffers must fit in the ring and queries");
 };
+
+/// One query row of a bulk CTA: its ALiBi slope, the position of its query token (it attends
+/// t <= pos), the first token it attends, its query head.
+struct BulkRow {
+  float slope;
+  int pos, lo, head;
+};
+static_assert(sizeof(BulkRow) == 16, "BulkTraits::kRowBytes holds 16 bytes a row");
 
 __device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
@@ -231,12 +254,12 @@ __device__ __forceinline__ unsigned stage_pages(const AttentionKernelParams& p, 
   return __ballot_sync(0xffffffffu, need);
 }
 
-template <typename T, CacheKind C, int D, bool kVar>
+template <typename T, CacheKind C, int D, int NH, bool kVar>
 __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(const __grid_constant__ AttentionKernelParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  using Tr = BulkTraits<T, C, D>;
+  using Tr = BulkTraits<T, C, D, NH>;
   pdl_wait();  // the previous kernel's writes (queries, tables, partials) are visible
-  constexpr int R = kBulkRows;
+  constexpr int R = Tr::kGroupRows;  // rows of a row group: NH n-tiles of kBulkRows
   constexpr bool kFp8 = C != CacheKind::kSame;
   // the P . V product's 16-bit type: T, or f16 for fp8 caches (the values decode to f16 in one
   // instruction, to bf16 in four; P in [0, 1] keeps more bits in f16 than in bf16)
@@ -256,7 +279,8 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
   // the launch gave this CTA smem_bytes(groups): a ring of `nslots` slots
   const int nslots = Tr::stages(groups);
   T* q_s = reinterpret_cast<T*>(smem + nslots * Tr::kStageBytes);
-  std::uint64_t* full = reinterpret_cast<std::uint64_t*>(smem + nslots * Tr::kStageBytes + Tr::kQBytes);
+  BulkRow* rows_s = reinterpret_cast<BulkRow*>(smem + nslots * Tr::kStageBytes + Tr::kQBytes);
+  std::uint64_t* full = reinterpret_cast<std::uint64_t*>(smem + nslots * Tr::kStageBytes + Tr::kQBytes + Tr::kRowBytes);
   std::uint64_t* empty = full + nslots;
   const std::uint32_t ring = smem_u32(smem);
 
@@ -310,6 +334,16 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
         if (row < work.nr && c < Tr::kKSteps * 16 && d < D) v = row_ptr(row)[d];
         q_s[i] = v;
       }
+    }
+    // the rows' slope, position, first token and head (inactive rows: the last position, no slope)
+    for (int row = tid; row < groups * R; row += static_cast<int>(blockDim.x)) {
+      const bool active = row < work.nr;
+      BulkRow info;
+      info.head = active ? work.head(row) : 0;
+      info.slope = (p.alibi_slopes != nullptr && active) ? p.alibi_slopes[info.head] : 0.0f;
+      info.pos = kVar && active ? work.pos(row) : work.seq_len - 1;
+      info.lo = kVar && p.rows_vary ? p.rule.first_token(info.pos) : 0;
+      rows_s[row] = info;
     }
   }
   __syncthreads();
@@ -393,7 +427,7 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
 
   // ------------------------------------------------------------------------- consumers
   const CtaScales scales = cta_scales(p, work.kv_head);
-  // this warp's row group and its place in it; rw: the group's 8 rows of the CTA's (none when
+  // this warp's row group and its place in it; rw: the group's R rows of the CTA's (none when
   // the CTA's last tile is short)
   const int cgroup = warp / kBulkConsumers, cwarp = warp % kBulkConsumers;
   CtaWork rw = work;
@@ -402,37 +436,35 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
   const int r = lane >> 2, q = lane & 3;  // fragment row group / column pair
   const bool ranges = kVar && p.rows_vary;
   const bool masked = ranges || p.rule.sparse;  // per-(row, token) masks beyond the split's end
-  // this lane's rows 2q and 2q + 1 (the n dimension of both products)
-  float slope[2];
-  int rpos[2], rlo[2], rhead[2];
-#pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const int row = 2 * q + e;
-    const bool active = row < rw.nr;
-    rhead[e] = active ? rw.head(row) : 0;
-    slope[e] = (p.alibi_slopes != nullptr && active) ? p.alibi_slopes[rhead[e]] : 0.0f;
-    rpos[e] = kVar ? (active ? rw.pos(row) : rw.seq_len - 1) : rw.seq_len - 1;
-    rlo[e] = ranges ? p.rule.first_token(rpos[e]) : 0;
-  }
+  // this lane's rows 8h + 2q and 8h + 2q + 1 of n-tile h (the n dimension of both products):
+  // their BulkRow, read where a path needs it
+  const BulkRow* lane_rows = rows_s + R * cgroup + 2 * q;
   const RowRanges group_ranges = row_ranges<kVar>(p, rw);  // this group's rows
   // logits without soft-cap or ALiBi are the scaled dot product alone: one multiply into log2 units
   const bool plain_logits = p.alibi_slopes == nullptr && !(kVar && p.rule.soft_cap > 0.0f);
   const float qk2 = scales.qk * kLog2e;
-  // Q^T operand (B of S^T = K . Q^T): row r, dims 16ks + 2q, +1 and 16ks + 8 + 2q, +1 (as stored)
-  std::uint32_t qb[Tr::kKSteps][2];
-  {
-    const std::uint32_t qrow = smem_u32(q_s) + ((R * cgroup + r) * Tr::kQPitch + 2 * q) * 2;
+  // Q^T operand (B of S^T = K . Q^T) of n-tile h: row 8h + r, dims 16ks + 2q, +1 and
+  // 16ks + 8 + 2q, +1 (as stored)
+  std::uint32_t qb[NH][Tr::kKSteps][2];
+#pragma unroll
+  for (int h = 0; h < NH; ++h) {
+    const std::uint32_t qrow = smem_u32(q_s) + ((R * cgroup + 8 * h + r) * Tr::kQPitch + 2 * q) * 2;
 #pragma unroll
     for (int ks = 0; ks < Tr::kKSteps; ++ks) {
-      qb[ks][0] = lds_u32(qrow + ks * 32);
-      qb[ks][1] = lds_u32(qrow + ks * 32 + 16);
+      qb[h][ks][0] = lds_u32(qrow + ks * 32);
+      qb[h][ks][1] = lds_u32(qrow + ks * 32 + 16);
     }
   }
 
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  float o[Tr::kDTiles][4];  // O^T: dims 16t + r (+8) x rows 2q, 2q + 1
+  float m[NH][2], l[NH][2];
+  float o[NH][Tr::kDTiles][4];  // O^T of n-tile h: dims 16t + r (+8) x rows 8h + 2q, +1
 #pragma unroll
-  for (int t = 0; t < Tr::kDTiles; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+  for (int h = 0; h < NH; ++h) {
+    m[h][0] = m[h][1] = -INFINITY;
+    l[h][0] = l[h][1] = 0.0f;
+#pragma unroll
+    for (int t = 0; t < Tr::kDTiles; ++t) o[h][t][0] = o[h][t][1] = o[h][t][2] = o[h][t][3] = 0.0f;
+  }
   const unsigned all_pages = (1u << (kStageTokens >> shift)) - 1u;
   const int mi = lane >> 3, i8 = lane & 7;  // ldmatrix: matrix and row this lane addresses
   // P^T operand sources: tokens 2q and 2q + 1 of a 16-token step sit in lanes 4 (2q) + r/2 and
@@ -456,11 +488,13 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
     const std::uint32_t vst = kst + Tr::kKStageBytes;
     auto tok_ok = [&](int tt) { return tt < nvalid && ((copied >> (tt >> shift)) & 1u); };
 
-    // ---- S^T = K . Q^T: m-tile mt = tokens 16mt.. (c0/c1: token 16mt + r, rows 2q, 2q + 1;
-    // c2/c3: token 16mt + r + 8)
-    float sacc[2][4];
+    // ---- S^T = K . Q^T: m-tile mt = tokens 16mt.. (c0/c1: token 16mt + r, rows 2q, 2q + 1 of
+    // the n-tile; c2/c3: token 16mt + r + 8); each K fragment serves the NH n-tiles
+    float sacc[NH][2][4];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt) sacc[mt][0] = sacc[mt][1] = sacc[mt][2] = sacc[mt][3] = 0.0f;
+    for (int h = 0; h < NH; ++h)
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) sacc[h][mt][0] = sacc[h][mt][1] = sacc[h][mt][2] = sacc[h][mt][3] = 0.0f;
     if constexpr (!kFp8) {
       // ldmatrix.x4 per (m-tile, k-step): (tokens +0..7, chunk 2ks), (+8..15, 2ks),
       // (+0..7, 2ks + 1), (+8..15, 2ks + 1) -> a0..a3; a matrix row is one 16-byte key chunk
@@ -483,7 +517,8 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
             ldsm_x2(kaddr[mt] + 2 * ks * bs * 16, a[0], a[1]);
             a[2] = a[3] = 0u;
           }
-          mma_16816<T>(sacc[mt], a, qb[ks][0], qb[ks][1]);
+#pragma unroll
+          for (int h = 0; h < NH; ++h) mma_16816<T>(sacc[h][mt], a, qb[h][ks][0], qb[h][ks][1]);
         }
     } else {
       // one 32-bit load: fp8 dims 16ks + 4q.. of one token -> a0/a2 (token r) or a1/a3 (r + 8)
@@ -505,86 +540,108 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
           if (16 * (ks + 1) > D && pad) w0 = w1 = 0u;
           const std::uint32_t a[4] = {fp8x2_to_pair<T, C>(w0 & 0xffffu), fp8x2_to_pair<T, C>(w1 & 0xffffu),
                                       fp8x2_to_pair<T, C>(w0 >> 16), fp8x2_to_pair<T, C>(w1 >> 16)};
-          mma_16816<T>(sacc[mt], a, qb[ks][0], qb[ks][1]);
+#pragma unroll
+          for (int h = 0; h < NH; ++h) mma_16816<T>(sacc[h][mt], a, qb[h][ks][0], qb[h][ks][1]);
         }
       }
     }
 
-    // ---- online softmax of rows 2q + e, in log2 units (logit x log2(e): each exponential is
-    // one ex2); element k = 2mt + hf is token 16mt + 8hf + r
-    float pr[2][4];
+    // ---- online softmax of rows 8h + 2q + e, in log2 units (logit x log2(e): each exponential
+    // is one ex2); element k = 2mt + hf is token 16mt + 8hf + r
+    float pr[NH][2][4];
 #pragma unroll
-    for (int e = 0; e < 2; ++e)
+    for (int h = 0; h < NH; ++h)
 #pragma unroll
-      for (int k = 0; k < 4; ++k) pr[e][k] = sacc[k >> 1][2 * (k & 1) + e];
+      for (int e = 0; e < 2; ++e)
+#pragma unroll
+        for (int k = 0; k < 4; ++k) pr[h][e][k] = sacc[h][k >> 1][2 * (k & 1) + e];
     if (plain_logits) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e)
+      for (int h = 0; h < NH; ++h)
 #pragma unroll
-        for (int k = 0; k < 4; ++k) pr[e][k] *= qk2;
+        for (int e = 0; e < 2; ++e)
+#pragma unroll
+          for (int k = 0; k < 4; ++k) pr[h][e][k] *= qk2;
     } else {
 #pragma unroll
-      for (int e = 0; e < 2; ++e)
+      for (int h = 0; h < NH; ++h)
 #pragma unroll
-        for (int k = 0; k < 4; ++k)
-          pr[e][k] = row_logit<kVar>(p, pr[e][k] * scales.qk, slope[e], t0 + 16 * (k >> 1) + 8 * (k & 1) + r, rpos[e]) * kLog2e;
+        for (int e = 0; e < 2; ++e)
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const BulkRow& ri = lane_rows[8 * h + e];
+            pr[h][e][k] = row_logit<kVar>(p, pr[h][e][k] * scales.qk, ri.slope, t0 + 16 * (k >> 1) + 8 * (k & 1) + r, ri.pos) *
+                          kLog2e;
+          }
     }
     if (!whole || stage_masked) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e)
+      for (int h = 0; h < NH; ++h)
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const int tt = 16 * (k >> 1) + 8 * (k & 1) + r;
+            const int t = t0 + tt;
+            bool ok = tok_ok(tt);
+            if (stage_masked) {
+              const BulkRow& ri = lane_rows[8 * h + e];
+              ok = ok && t >= ri.lo && t <= ri.pos &&
+                   (!p.rule.sparse || p.rule.block_attended(ri.pos, ri.head, work.kv_head, (t >> shift) << shift));
+            }
+            if (!ok) pr[h][e][k] = -INFINITY;
+          }
+    }
+    float alpha[NH][2];
+    bool rescale = false;
+#pragma unroll
+    for (int h = 0; h < NH; ++h)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float mx = max_nan(max_nan(pr[h][e][0], pr[h][e][1]), max_nan(pr[h][e][2], pr[h][e][3]));
+#pragma unroll
+        for (int off = 4; off < 32; off <<= 1) mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        const float m_new = max_nan(m[h][e], mx);
+        alpha[h][e] = m_new == -INFINITY ? 1.0f : exp2_ftz(m[h][e] - m_new);
+        rescale = rescale || alpha[h][e] != 1.0f;
+        float sum = 0.0f;
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-          const int tt = 16 * (k >> 1) + 8 * (k & 1) + r;
-          const int t = t0 + tt;
-          bool ok = tok_ok(tt);
-          if (stage_masked)
-            ok = ok && t >= rlo[e] && t <= rpos[e] &&
-                 (!p.rule.sparse || p.rule.block_attended(rpos[e], rhead[e], work.kv_head, (t >> shift) << shift));
-          if (!ok) pr[e][k] = -INFINITY;
+          const float pv = m_new == -INFINITY ? 0.0f : exp2_ftz(pr[h][e][k] - m_new);
+          pr[h][e][k] = pv;
+          sum += pv;
         }
-    }
-    float alpha[2];
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      float mx = max_nan(max_nan(pr[e][0], pr[e][1]), max_nan(pr[e][2], pr[e][3]));
-#pragma unroll
-      for (int off = 4; off < 32; off <<= 1) mx = max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-      const float m_new = max_nan(m[e], mx);
-      alpha[e] = m_new == -INFINITY ? 1.0f : exp2_ftz(m[e] - m_new);
-      float sum = 0.0f;
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const float pv = m_new == -INFINITY ? 0.0f : exp2_ftz(pr[e][k] - m_new);
-        pr[e][k] = pv;
-        sum += pv;
+        m[h][e] = m_new;
+        l[h][e] = l[h][e] * alpha[h][e] + sum;  // lane-partial; reduced over the 8 lanes of the row at the end
       }
-      m[e] = m_new;
-      l[e] = l[e] * alpha[e] + sum;  // lane-partial; reduced over the 8 lanes of the row at the end
-    }
     // once a row's max has settled (most stages of a long sequence) nothing needs rescaling
-    if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+    if (__any_sync(0xffffffffu, rescale)) {
 #pragma unroll
-      for (int t = 0; t < Tr::kDTiles; ++t) {
-        o[t][0] *= alpha[0];
-        o[t][1] *= alpha[1];
-        o[t][2] *= alpha[0];
-        o[t][3] *= alpha[1];
-      }
+      for (int h = 0; h < NH; ++h)
+#pragma unroll
+        for (int t = 0; t < Tr::kDTiles; ++t) {
+          o[h][t][0] *= alpha[h][0];
+          o[h][t][1] *= alpha[h][1];
+          o[h][t][2] *= alpha[h][0];
+          o[h][t][3] *= alpha[h][1];
+        }
     }
 
     // ---- O^T += V^T . P^T, two k-steps of 16 tokens. P^T operand by shuffles from S^T's
     // layout: b0 = tokens 2q, 2q + 1 of row r, b1 = +8
-    std::uint32_t pb[2][2];
+    std::uint32_t pb[NH][2][2];
 #pragma unroll
-    for (int kk = 0; kk < 2; ++kk) {
-      const std::uint32_t lo = pack2<PT>(pr[0][2 * kk], pr[1][2 * kk]);          // token 16kk + r
-      const std::uint32_t hi = pack2<PT>(pr[0][2 * kk + 1], pr[1][2 * kk + 1]);  // token 16kk + r + 8
-      pb[kk][0] = __byte_perm(__shfl_sync(0xffffffffu, lo, src0), __shfl_sync(0xffffffffu, lo, src1), half_sel);
-      pb[kk][1] = __byte_perm(__shfl_sync(0xffffffffu, hi, src0), __shfl_sync(0xffffffffu, hi, src1), half_sel);
-    }
+    for (int h = 0; h < NH; ++h)
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+        const std::uint32_t lo = pack2<PT>(pr[h][0][2 * kk], pr[h][1][2 * kk]);          // token 16kk + r
+        const std::uint32_t hi = pack2<PT>(pr[h][0][2 * kk + 1], pr[h][1][2 * kk + 1]);  // token 16kk + r + 8
+        pb[h][kk][0] = __byte_perm(__shfl_sync(0xffffffffu, lo, src0), __shfl_sync(0xffffffffu, lo, src1), half_sel);
+        pb[h][kk][1] = __byte_perm(__shfl_sync(0xffffffffu, hi, src0), __shfl_sync(0xffffffffu, hi, src1), half_sel);
+      }
     // values of tokens past the split or of pages not copied may hold anything (NaN): a stage
     // that has such tokens zeroes them (P is 0 there, but 0 * NaN is NaN); whole stages skip
-    // the masks
+    // the masks. Each V fragment serves the NH n-tiles.
     auto pv_product = [&](auto masked_tag) {
       constexpr bool kMasked = decltype(masked_tag)::value;
 #pragma unroll
@@ -618,7 +675,8 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
               a[1] &= keep0;
               a[3] &= keep1;
             }
-            mma_16816<PT>(o[dt], a, pb[kk][0], pb[kk][1]);
+#pragma unroll
+            for (int h = 0; h < NH; ++h) mma_16816<PT>(o[h][dt], a, pb[h][kk][0], pb[h][kk][1]);
           }
         } else {
           // 16-bit loads: tokens 16kk + 2q, +1 (a0/a1) and 16kk + 8 + 2q, +1 (a2/a3) of dims
@@ -637,7 +695,8 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
             } else {
               a[1] = a[3] = 0u;
             }
-            mma_16816<PT>(o[dt], a, pb[kk][0], pb[kk][1]);
+#pragma unroll
+            for (int h = 0; h < NH; ++h) mma_16816<PT>(o[h][dt], a, pb[h][kk][0], pb[h][kk][1]);
           }
         }
       }
@@ -658,11 +717,13 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
 
   // ---- merge the four consumer warps in a fixed order (deterministic)
 #pragma unroll
-  for (int e = 0; e < 2; ++e) m[e] *= kLn2;  // the running max back in natural units (-inf, NaN stay)
+  for (int h = 0; h < NH; ++h)
 #pragma unroll
-  for (int e = 0; e < 2; ++e)
+    for (int e = 0; e < 2; ++e) {
+      m[h][e] *= kLn2;  // the running max back in natural units (-inf, NaN stay)
 #pragma unroll
-    for (int off = 4; off < 32; off <<= 1) l[e] += __shfl_xor_sync(0xffffffffu, l[e], off);
+      for (int off = 4; off < 32; off <<= 1) l[h][e] += __shfl_xor_sync(0xffffffffu, l[h][e], off);
+    }
   // every stage consumed by both groups and every query in registers: ring and queries are free
   consumers_sync(kBulkConsumers * 32 * groups);
   float* red_acc = reinterpret_cast<float*>(smem + cgroup * Tr::kRedBytes);  // [kWarps][R][D] per group
@@ -670,26 +731,30 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
   float* red_l = red_m + kWarps * R;
   if (r == 0) {
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      red_m[cwarp * R + 2 * q + e] = m[e];
-      red_l[cwarp * R + 2 * q + e] = l[e];
-    }
+    for (int h = 0; h < NH; ++h)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        red_m[cwarp * R + 8 * h + 2 * q + e] = m[h][e];
+        red_l[cwarp * R + 8 * h + 2 * q + e] = l[h][e];
+      }
   }
   group_sync(cgroup);
 #pragma unroll
-  for (int e = 0; e < 2; ++e) {
-    const int row = 2 * q + e;
-    float mx = -INFINITY;
+  for (int h = 0; h < NH; ++h)
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) mx = max_nan(mx, red_m[w * R + row]);
-    const float f = m[e] == -INFINITY ? 0.0f : __expf(m[e] - mx);
-    float* dst = red_acc + (cwarp * R + row) * D + r;
+    for (int e = 0; e < 2; ++e) {
+      const int row = 8 * h + 2 * q + e;
+      float mx = -INFINITY;
 #pragma unroll
-    for (int t = 0; t < Tr::kDTiles; ++t) {
-      dst[16 * t] = o[t][e] * f;
-      if (16 * t + 8 < D) dst[16 * t + 8] = o[t][2 + e] * f;
+      for (int w = 0; w < kWarps; ++w) mx = max_nan(mx, red_m[w * R + row]);
+      const float f = m[h][e] == -INFINITY ? 0.0f : __expf(m[h][e] - mx);
+      float* dst = red_acc + (cwarp * R + row) * D + r;
+#pragma unroll
+      for (int t = 0; t < Tr::kDTiles; ++t) {
+        dst[16 * t] = o[h][t][e] * f;
+        if (16 * t + 8 < D) dst[16 * t + 8] = o[h][t][2 + e] * f;
+      }
     }
-  }
   group_sync(cgroup);
   write_merged<T, R, D>(p, rw, red_acc, red_m, red_l, scales.v, tid - cgroup * kBulkConsumers * 32);
 #else

@@ -1,15 +1,16 @@
 // The attention kernels the CUDA backend can launch, by name, without CUDA types (tests and
 // the benchmark include it from plain C++). Each (query dtype, cache dtype, head size)
-// instance has up to six kernels:
+// instance has up to seven kernels:
 //   cuda_core_r1 / _r2 / _r4: the CUDA-core kernel (attention_kernel.cuh) with 1, 2 or 4 query
 //                             rows per CTA (every instance);
 //   tensor_core_r8:           the tensor-core kernel (attention_mma.cuh), 8 rows per CTA
 //                             (float16/bfloat16 queries, head_size <= 128);
-//   hopper_bulk_r8 / _r16:    the Hopper producer/consumer kernel (attention_bulk.cuh): bulk
-//                             copies of whole pages into a shared-memory ring, tensor cores,
-//                             8 or 16 rows per CTA (one or two row groups of consumer warps;
-//                             float16/bfloat16 queries, every head size; a device of compute
-//                             capability 9.0 or newer).
+//   hopper_bulk_r8 / _r16 / _r32: the Hopper producer/consumer kernel (attention_bulk.cuh):
+//                             bulk copies of whole pages into a shared-memory ring, tensor
+//                             cores, 8, 16 or 32 rows per CTA (one or two row groups of
+//                             consumer warps, each warp on 8 rows, or 16 for _r32; float16/
+//                             bfloat16 queries, every head size, _r32 up to head_size 128; a
+//                             device of compute capability 9.0 or newer).
 // A CTA's rows are (query token x head) of one kv head's GQA group; a call needs
 // ceil(rows / rows_per_cta) CTAs per (sequence, kv head, split). The auto rule picks one;
 // force_kernel() pins one (tests run every kernel on purpose; the benchmark compares them).
@@ -29,6 +30,7 @@ struct KernelSpec {
   bool tensor_cores;
   bool bulk_copy;  ///< the Hopper kernel: needs min_sm
   int min_sm;      ///< lowest compute capability (10 * major + minor) it runs on; 0: any
+  int max_head_size = 0;  ///< widest head it has code for; 0: any
 };
 
 /// Every kernel of the registry, in the auto rule's order of preference among equals.
@@ -49,7 +51,7 @@ void clear_last_kernel();
 /// the code the device runs was compiled for an older architecture (`code_sm`, e.g. 80 when only
 /// compute_80 PTX is embedded and the driver JIT-compiles it for an sm_90 card).
 std::string kernel_unsupported_reason(const KernelSpec& spec, bool has_tensor_core_instance, bool has_bulk_instance,
-                                      int device_sm, int code_sm = 1000);
+                                      int device_sm, int code_sm = 1000, int head_size = 0);
 /// What the auto rule looks at.
 struct AutoRuleInput {
   long long rows = 1;           ///< query rows per kv head: GQA group x the longest q_len
@@ -58,6 +60,8 @@ struct AutoRuleInput {
   bool fixed_partitions = false;  ///< V2: 512-token partitions (the auto path plans its own splits)
   bool has_tensor_core_instance = false, has_bulk_instance = false;  ///< kernels the instance has
   int device_sm = 0, code_sm = 0;  ///< the device's compute capability, the architecture of its code
+  long long kv_streams = 0;        ///< sequences x kv heads of the call (0: unknown)
+  int sm_count = 0;                ///< SMs of the device (0: unknown)
 };
 /// The auto rule (a pure function): the registry kernel for a call.
 const KernelSpec& auto_kernel(const AutoRuleInput& in);

@@ -113,6 +113,7 @@ const std::vector<KernelSpec>& kernel_specs() {
       {"tensor_core_r8", kMmaHeads, kSpanAlign, true, false, 0},
       {"hopper_bulk_r8", kBulkRows, kStageTokens, true, true, 90},
       {"hopper_bulk_r16", kBulkRows * kBulkMaxGroups, kStageTokens, true, true, 90},
+      {"hopper_bulk_r32", 2 * kBulkRows * kBulkMaxGroups, kStageTokens, true, true, 90, kBulkWideMaxHead},
   };
   return specs;
 }
@@ -164,7 +165,9 @@ std::string last_kernel() {
 }
 
 std::string kernel_unsupported_reason(const KernelSpec& spec, bool has_tensor_core_instance, bool has_bulk_instance,
-                                      int device_sm, int code_sm) {
+                                      int device_sm, int code_sm, int head_size) {
+  if (spec.max_head_size > 0 && head_size > spec.max_head_size)
+    return cat(spec.name, " needs head_size <= ", spec.max_head_size, "; head_size is ", head_size);
   if (spec.bulk_copy) {
     if (!has_bulk_instance)
       return cat(spec.name, " needs float16/bfloat16 queries (and a build with PAGEDATTN_BULK_COPY=ON)");
@@ -201,7 +204,7 @@ std::string kernel_unsupported_reason(const std::string& name, DType dtype, Cach
     }
     cudaGetLastError();  // a machine without a GPU leaves an error behind
     return kernel_unsupported_reason(*k, PAGEDATTN_TENSOR_CORES && inst.launch_mma != nullptr,
-                                     inst.launch_bulk != nullptr, sm, code);
+                                     inst.launch_bulk != nullptr, sm, code, head_size);
   } catch (const Error& e) {
     return e.what();
   }
@@ -242,6 +245,18 @@ const KernelSpec& auto_kernel(const AutoRuleInput& in) {
     mma = has_mma && (rows > 4 || (in.fp8 && rows >= 2));
   }
   if (bulk) {
+    // More than 16 rows (MQA, groups of 32, several query tokens of a GQA group): two row
+    // groups of warps on 16 rows each (hopper_bulk_r32, up to kBulkWideMaxHead), so one CTA
+    // and one read of each page serve 32 rows, not two 16-row CTAs each streaming the kv
+    // head — where the call has CTAs enough. Measured on the H200 (docs/performance.md, v0.9):
+    // r32 +20-77% where its CTAs number at least half the SMs (MQA batch 128 x 8k 73% -> 88%
+    // of copy, fp8 +40%, head 64 +77%, q_len 8 x group 4 +24%); with fewer, a 32-row CTA's
+    // consumer work per byte (twice a 16-row one's) bounds the few CTAs there are, and r16's
+    // twice as many CTAs (the second reading the pages from L2) win: MQA batch 16 x 8k -16%,
+    // batch 1 x 128k -27% on r32; batch 64 (64 r32 CTAs on 132 SMs) ties.
+    const long long r32_ctas = in.kv_streams * ((rows + 4 * kBulkRows - 1) / (4 * kBulkRows));
+    const bool r32_fills = in.kv_streams == 0 || in.sm_count == 0 || 2 * r32_ctas >= in.sm_count;
+    if (rows > 2 * kBulkRows && in.head_size <= kBulkWideMaxHead && r32_fills) return spec_with(true, true, 4 * kBulkRows);
     const bool two_groups = rows > kBulkRows;
     return spec_with(true, true, two_groups ? kBulkRows * kBulkMaxGroups : kBulkRows);
   }
@@ -259,7 +274,7 @@ KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& 
   const int code = code_sm(s.device.index);  // also: no code for this GPU fails here, clearly
   if (const KernelSpec* forced = g_forced.load()) {
     k.spec = forced;
-    const std::string why = kernel_unsupported_reason(*k.spec, has_mma, has_bulk, sm, code);
+    const std::string why = kernel_unsupported_reason(*k.spec, has_mma, has_bulk, sm, code, s.head_size);
     if (!why.empty())
       fail(ErrorCode::kUnsupported, "forced kernel ", forced->name, " cannot run query dtype ", dtype_name(s.dtype),
            ", kv_cache_dtype ", cache_dtype_name(p.kv_cache_dtype), ", head_size ", s.head_size, ": ", why);
@@ -273,6 +288,8 @@ KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& 
     in.has_bulk_instance = has_bulk;
     in.device_sm = sm;
     in.code_sm = code;
+    in.kv_streams = static_cast<long long>(s.num_seqs) * s.num_kv_heads;
+    in.sm_count = sm_count(s.device.index);
     k.spec = &auto_kernel(in);
   }
   k.mma = k.spec->tensor_cores && !k.spec->bulk_copy;

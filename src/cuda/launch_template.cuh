@@ -101,33 +101,46 @@ int attention_mma_ctas_per_sm() {
   return resident_ctas<paged_attention_mma_kernel<T, kind, D, false>, MmaTraits<T, kind, D>::kSmemBytes>();
 }
 
-/// The bulk kernel with `groups` row groups of consumer warps (8 query rows each; the kernel
-/// reads the group count from its block size and sizes its ring from it). Its shared-memory
-/// attribute is the larger of the two launches, so either fits whichever came first.
-template <typename T, int C, int D, int kGroups, bool kVar>
+/// The bulk kernel with `kGroups` row groups of consumer warps, each warp on NH n-tiles of 8
+/// query rows (the kernel reads the group count from its block size and sizes its ring from
+/// it). Its shared-memory attribute is the larger of its two launches, so either fits
+/// whichever came first.
+template <typename T, int C, int D, int NH, int kGroups, bool kVar>
 struct BulkLaunch {
-  using Tr = BulkTraits<T, static_cast<CacheKind>(C), D>;
-  static constexpr auto kKernel = paged_attention_bulk_kernel<T, static_cast<CacheKind>(C), D, kVar>;
+  using Tr = BulkTraits<T, static_cast<CacheKind>(C), D, NH>;
+  static constexpr auto kKernel = paged_attention_bulk_kernel<T, static_cast<CacheKind>(C), D, NH, kVar>;
   static constexpr int kSmem = Tr::launch_bytes(kGroups), kAttr = Tr::attr_bytes();
   static void launch(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
     launch_kernel<kKernel, kSmem, bulk_threads(kGroups), kAttr>(kp, grid, stream, "paged_attention_bulk_kernel launch");
   }
   static int ctas_per_sm() { return resident_ctas<kKernel, kSmem, bulk_threads(kGroups), kAttr>(); }
 };
-static_assert(kBulkMaxGroups == 2, "launch_attention_bulk picks one row group or two");
+/// The bulk kernel's shapes, by rows per CTA: 8 (one group, one n-tile: hopper_bulk_r8), 16
+/// (two groups: _r16) and, up to kBulkWideMaxHead, 32 (two groups of two n-tiles: _r32).
+template <typename T, int C, int D, int NH, int kGroups>
+void launch_bulk_shape(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
+  if (needs_variant_kernel(kp)) return BulkLaunch<T, C, D, NH, kGroups, true>::launch(kp, grid, stream);
+  BulkLaunch<T, C, D, NH, kGroups, false>::launch(kp, grid, stream);
+}
+static_assert(kBulkMaxGroups == 2, "the bulk kernel's shapes have one row group or two");
 
-/// The bulk kernel with `rows` (8 or 16) query rows per CTA.
+/// The bulk kernel with `rows` (8, 16 or 32) query rows per CTA.
 template <typename T, int C, int D>
 void launch_attention_bulk(const AttentionKernelParams& kp, int rows, dim3 grid, cudaStream_t stream) {
-  const bool var = needs_variant_kernel(kp);
-  if (rows == kBulkRows * 2)
-    return var ? BulkLaunch<T, C, D, 2, true>::launch(kp, grid, stream) : BulkLaunch<T, C, D, 2, false>::launch(kp, grid, stream);
-  return var ? BulkLaunch<T, C, D, 1, true>::launch(kp, grid, stream) : BulkLaunch<T, C, D, 1, false>::launch(kp, grid, stream);
+  if (rows == 4 * kBulkRows) {
+    if constexpr (D <= kBulkWideMaxHead) return launch_bulk_shape<T, C, D, 2, 2>(kp, grid, stream);
+    fail(ErrorCode::kUnsupported, "hopper_bulk_r32 needs head_size <= ", kBulkWideMaxHead, "; head_size is ", D);
+  }
+  if (rows == 2 * kBulkRows) return launch_bulk_shape<T, C, D, 1, 2>(kp, grid, stream);
+  launch_bulk_shape<T, C, D, 1, 1>(kp, grid, stream);
 }
 
 template <typename T, int C, int D>
 int attention_bulk_ctas_per_sm(int rows) {
-  return rows == kBulkRows * 2 ? BulkLaunch<T, C, D, 2, false>::ctas_per_sm() : BulkLaunch<T, C, D, 1, false>::ctas_per_sm();
+  if constexpr (D <= kBulkWideMaxHead) {
+    if (rows == 4 * kBulkRows) return BulkLaunch<T, C, D, 2, 2, false>::ctas_per_sm();
+  }
+  return rows == 2 * kBulkRows ? BulkLaunch<T, C, D, 1, 2, false>::ctas_per_sm() : BulkLaunch<T, C, D, 1, 1, false>::ctas_per_sm();
 }
 
 template <typename T, int C, int D>

@@ -136,8 +136,10 @@ TEST_P(DispatchMatrix, MatchesReference) {
   c.kv_cache_dtype = cache;
   c.block_size = bs;
   c.head_size = D;
-  const int groups[] = {1, 2, 3, 4, 6, 7, 8, 16};
-  const int group = groups[rng.randint(0, 7)];
+  // up to 32 rows per kv head: every bulk-kernel shape (8, 16, 32 rows per CTA) gets full and
+  // partial tiles
+  const int groups[] = {1, 2, 3, 4, 6, 7, 8, 16, 24, 32};
+  const int group = groups[rng.randint(0, 9)];
   c.num_kv_heads = static_cast<int>(rng.randint(1, 2));
   c.num_heads = c.num_kv_heads * group;
   c.num_seqs = static_cast<int>(rng.randint(2, 4));
@@ -221,7 +223,7 @@ TEST_P(Groups, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Gqa, Groups,
                          ::testing::Values(std::tuple{8, 8}, std::tuple{8, 4}, std::tuple{16, 4}, std::tuple{32, 4},
                                            std::tuple{12, 2}, std::tuple{14, 2}, std::tuple{20, 2}, std::tuple{32, 2},
-                                           std::tuple{32, 1}, std::tuple{64, 1}));
+                                           std::tuple{32, 1}, std::tuple{64, 1}, std::tuple{48, 2}));
 
 // A query whose rows are 5 elements apart beyond the heads (a slice of a wider tensor): its
 // rows are not 16-byte aligned, so the bulk kernel loads it element by element instead of in

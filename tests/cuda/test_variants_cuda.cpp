@@ -373,15 +373,36 @@ TEST(KernelRegistry, AutoRule) {
   EXPECT_EQ(pick(1, true, true, true, 90, 90), "tensor_core_r8");   // MHA, fp8, head <= 128
   EXPECT_EQ(pick(1, true, false, true, 90, 90, 256), "hopper_bulk_r8");  // MHA, fp8, head > 128
   EXPECT_EQ(pick(1, false, false, true, 90, 90, 256), "cuda_core_r1");   // MHA, 16-bit, head > 128
-  // up to 8 rows: one row group; more: two
+  // up to 8 rows: one row group; up to 16: two; more: two of 16 rows each up to head 128
   for (long long rows : {2, 3, 4, 6, 8, 9, 12, 16, 17, 32, 64})
     for (bool fp8 : {false, true})
       for (int head : {64, 128, 256}) {
-        const bool two = rows > 8;
-        const std::string want = two ? "hopper_bulk_r16" : "hopper_bulk_r8";
+        const std::string want = rows > 16 && head <= 128 ? "hopper_bulk_r32" : rows > 8 ? "hopper_bulk_r16" : "hopper_bulk_r8";
         EXPECT_EQ(pick(rows, fp8, head <= 128, true, 90, 90, head), want) << rows << " rows, fp8 " << fp8 << ", head " << head;
         EXPECT_EQ(pick(rows, fp8, false, true, 100, 100, head), want) << rows << " rows on sm_100, head " << head;
       }
+  // more than 16 rows: 32-row CTAs only where they number at least half the SMs (132 here);
+  // fewer, and twice as many 16-row CTAs win
+  auto pick_sized = [](long long rows, long long kv_streams, int head = 128) {
+    detail::cuda::AutoRuleInput in;
+    in.rows = rows;
+    in.head_size = head;
+    in.has_tensor_core_instance = true;
+    in.has_bulk_instance = true;
+    in.device_sm = in.code_sm = 90;
+    in.kv_streams = kv_streams;
+    in.sm_count = 132;
+    return std::string(detail::cuda::auto_kernel(in).name);
+  };
+  EXPECT_EQ(pick_sized(32, 128), "hopper_bulk_r32");  // MQA, batch 128: 128 CTAs
+  EXPECT_EQ(pick_sized(32, 66), "hopper_bulk_r32");   // exactly half the SMs
+  EXPECT_EQ(pick_sized(32, 65), "hopper_bulk_r16");
+  EXPECT_EQ(pick_sized(32, 16), "hopper_bulk_r16");   // MQA, batch 16
+  EXPECT_EQ(pick_sized(32, 1), "hopper_bulk_r16");    // one long sequence
+  EXPECT_EQ(pick_sized(64, 33), "hopper_bulk_r32");   // two 32-row tiles per kv head: 66 CTAs
+  EXPECT_EQ(pick_sized(24, 128), "hopper_bulk_r32");
+  EXPECT_EQ(pick_sized(16, 1000), "hopper_bulk_r16");  // 16 rows: never r32
+  EXPECT_EQ(pick_sized(32, 1000, 192), "hopper_bulk_r16");  // head 192: no r32 code
   // V2's fixed 512-token partitions on sm_90: 3-4 rows of a 16-bit cache on CUDA cores, 2-4 rows
   // of an fp8 cache on the tensor-core kernel; the bulk kernel elsewhere
   EXPECT_EQ(pick(4, false, true, true, 90, 90, 128, true), "cuda_core_r4");
@@ -418,7 +439,7 @@ TEST(KernelRegistry, ForceRestoreAndReasons) {
   std::vector<std::string> names;
   for (const auto& k : detail::cuda::kernel_specs()) names.push_back(k.name);
   for (const char* want : {"cuda_core_r1", "cuda_core_r2", "cuda_core_r4", "tensor_core_r8", "hopper_bulk_r8",
-                           "hopper_bulk_r16"})
+                           "hopper_bulk_r16", "hopper_bulk_r32"})
     EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want << " missing from the registry";
   EXPECT_EQ(detail::cuda::forced_kernel(), "");
   {
@@ -440,9 +461,9 @@ TEST(KernelRegistry, ForceRestoreAndReasons) {
   EXPECT_NE(detail::cuda::kernel_unsupported_reason("cuda_core_r3", DType::kFloat16, CacheDType::kAuto, 128)
                 .find("unknown kernel"),
             std::string::npos);
-  // the Hopper kernel (both row-group counts): 16-bit queries only, and a device of compute
-  // capability 9.0 or newer
-  for (const char* name : {"hopper_bulk_r8", "hopper_bulk_r16"}) {
+  // the Hopper kernel (every shape): 16-bit queries only, and a device of compute capability
+  // 9.0 or newer
+  for (const char* name : {"hopper_bulk_r8", "hopper_bulk_r16", "hopper_bulk_r32"}) {
     SCOPED_TRACE(name);
     EXPECT_NE(detail::cuda::kernel_unsupported_reason(name, DType::kFloat32, CacheDType::kAuto, 128), "");
     const detail::cuda::KernelSpec* hopper = nullptr;
@@ -464,6 +485,14 @@ TEST(KernelRegistry, ForceRestoreAndReasons) {
     EXPECT_NE(jit.find("code for 8.0"), std::string::npos) << jit;
     EXPECT_NE(jit.find("-DCMAKE_CUDA_ARCHITECTURES=90"), std::string::npos) << jit;
     EXPECT_EQ(detail::cuda::kernel_unsupported_reason(*hopper, true, true, 90, 90), "");
+    // 16 rows per warp (_r32) only up to head 128: its accumulators fill the registers
+    const std::string wide = detail::cuda::kernel_unsupported_reason(*hopper, true, true, 90, 90, 256);
+    if (std::string(name) == "hopper_bulk_r32") {
+      EXPECT_NE(wide.find("needs head_size <= 128; head_size is 256"), std::string::npos) << wide;
+      EXPECT_EQ(detail::cuda::kernel_unsupported_reason(*hopper, true, true, 90, 90, 128), "");
+    } else {
+      EXPECT_EQ(wide, "");
+    }
   }
   // the older kernels run on any device the build targets
   for (const auto& k : detail::cuda::kernel_specs())
