@@ -335,16 +335,6 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
         q_s[i] = v;
       }
     }
-    // the rows' slope, position, first token and head (inactive rows: the last position, no slope)
-    for (int row = tid; row < groups * R; row += static_cast<int>(blockDim.x)) {
-      const bool active = row < work.nr;
-      BulkRow info;
-      info.head = active ? work.head(row) : 0;
-      info.slope = (p.alibi_slopes != nullptr && active) ? p.alibi_slopes[info.head] : 0.0f;
-      info.pos = kVar && active ? work.pos(row) : work.seq_len - 1;
-      info.lo = kVar && p.rows_vary ? p.rule.first_token(info.pos) : 0;
-      rows_s[row] = info;
-    }
   }
   __syncthreads();
 
@@ -430,6 +420,22 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
   // this warp's row group and its place in it; rw: the group's R rows of the CTA's (none when
   // the CTA's last tile is short)
   const int cgroup = warp / kBulkConsumers, cwarp = warp % kBulkConsumers;
+  {
+    // the group's rows: slope, position, first token, head (inactive rows: the last position,
+    // no slope); written here, after the producers have started, not before the CTA's
+    // barrier (a short CTA waits on its first copies)
+    const int t = tid - cgroup * kBulkConsumers * 32, row = R * cgroup + t;
+    if (t < R) {
+      const bool active = row < work.nr;
+      BulkRow info;
+      info.head = active ? work.head(row) : 0;
+      info.slope = (p.alibi_slopes != nullptr && active) ? p.alibi_slopes[info.head] : 0.0f;
+      info.pos = kVar && active ? work.pos(row) : work.seq_len - 1;
+      info.lo = kVar && p.rows_vary ? p.rule.first_token(info.pos) : 0;
+      rows_s[row] = info;
+    }
+    group_sync(cgroup);
+  }
   CtaWork rw = work;
   rw.row0 += R * cgroup;
   rw.nr = min(R, work.nr - R * cgroup);
