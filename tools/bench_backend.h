@@ -126,6 +126,9 @@ class Backend {
   virtual void pin_kernel(const std::string& name) = 0;
   /// The kernel the last attention launch ran ("" where the backend has no registry).
   virtual std::string last_kernel() const = 0;
+  /// Pins the auto path's split count (CUDA: detail::cuda::force_splits); 0 = the planner's.
+  /// Throws for a negative count, or any count on a backend without a split planner to pin.
+  virtual void pin_splits(int num_splits) = 0;
 };
 
 /// RAII buffer of a backend.

@@ -224,6 +224,10 @@ class CpuBackend final : public Backend {
     if (!name.empty()) throw std::invalid_argument("--kernel " + name + ": kernels are pinned on the CUDA backend only");
   }
   std::string last_kernel() const override { return {}; }
+  void pin_splits(int num_splits) override {
+    if (num_splits != 0)
+      throw std::invalid_argument("--splits " + std::to_string(num_splits) + ": splits are pinned on the CUDA backend only");
+  }
 
  private:
   DeviceInfo info_;

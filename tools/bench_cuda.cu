@@ -203,6 +203,7 @@ class CudaBackend final : public Backend {
 
   void pin_kernel(const std::string& name) override { pagedattn::detail::cuda::force_kernel(name); }
   std::string last_kernel() const override { return pagedattn::detail::cuda::last_kernel(); }
+  void pin_splits(int num_splits) override { pagedattn::detail::cuda::force_splits(num_splits); }
 
  private:
   int dev_ = 0;

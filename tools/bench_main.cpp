@@ -179,6 +179,10 @@ int run(int argc, char** argv) {
                                   "CUDA: pin this registry kernel (cuda_core_r1, cuda_core_r2, "
                                   "cuda_core_r4, tensor_core_r8, hopper_bulk_r8, hopper_bulk_r16, hopper_bulk_r32) on every entry point it runs "
                                   "(V1, V2, auto); \"\" = the auto rule");
+  int splits = 0;
+  auto* o_splits = app.add_option("--splits", splits,
+                                  "CUDA auto path: pin the split count of every case (0 = the planner's plan): "
+                                  "partitions of the span / N tokens, rounded up to 32");
   app.add_option("--sweep", sweep_name, "run a named sweep (see --list-sweeps)");
   app.add_flag("--list-sweeps", list, "list the named sweeps and exit");
   app.add_option("--warmup", warmup, "warm-up calls per algo (default 5, cpu 2)");
@@ -314,6 +318,17 @@ int run(int argc, char** argv) {
       return 2;
     }
     for (auto& c : cases) c.kernel = kernel;
+  }
+  if (o_splits->count()) {
+    try {
+      backend->pin_splits(splits);  // held for the whole run: workspace sizing and timed calls
+      if (splits > 0)
+        backend_note += (backend_note.empty() ? "" : "; ") + std::string("the auto path runs ") + std::to_string(splits) +
+                        " splits of every sequence (--splits)";
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "pagedattn-bench: %s\n", e.what());
+      return 2;
+    }
   }
   info.num_cases = static_cast<int>(cases.size());
   if (!quiet) std::fprintf(stderr, "measuring copy bandwidth...\n");

@@ -63,6 +63,14 @@ SplitPlan plan_splits(const SplitInputs& in) {
   return best;
 }
 
+SplitPlan fixed_split_plan(int max_seq_len, int num_splits) {
+  if (num_splits <= 1 || max_seq_len <= 32) return SplitPlan{1 << 30, 1};
+  const long long len = max_seq_len;
+  const long long part = ((len + num_splits - 1) / num_splits + 31) / 32 * 32;
+  const long long splits = (len + part - 1) / part;
+  return splits <= 1 ? SplitPlan{1 << 30, 1} : SplitPlan{static_cast<int>(part), static_cast<int>(splits)};
+}
+
 int reserved_splits(const SplitInputs& in, const SplitPlan& plan) {
   // A hinted plan has partitions of at least 512 tokens and a batch-invariant one exactly
   // 512, so both fit in SPEC's partition count; the plan without either is `plan` itself

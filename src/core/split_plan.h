@@ -25,6 +25,11 @@ struct SplitPlan {
 /// The plan with the lowest modelled cost (see split_plan.cpp); deterministic.
 SplitPlan plan_splits(const SplitInputs& in);
 
+/// `num_splits` splits of a span of max_seq_len tokens (partitions rounded up to 32 tokens, so
+/// fewer splits where the rounding covers the span; one split for num_splits <= 1 or an empty
+/// span): the plan a caller pins instead of the modelled one (force_splits, for measurement).
+SplitPlan fixed_split_plan(int max_seq_len, int num_splits);
+
 /// Splits the auto workspace holds, given plan = plan_splits(in): the larger of the plan
 /// without the total_tokens hint (and without batch_invariant) and SPEC's 512-token
 /// partitions. Independent of the hint and of batch_invariant, and never below

@@ -41,6 +41,13 @@ const std::vector<KernelSpec>& kernel_specs();
 /// support throws kUnsupported naming why.
 void force_kernel(const std::string& name);
 std::string forced_kernel();
+/// Pins the auto path's split count for every later call of this process (0: the planner's
+/// plan): a measurement knob (the benchmark's --splits), so a plan can be timed against the
+/// planner's. The partitions are the span's tokens / n rounded up to 32 (fixed_split_plan);
+/// the workspace size queried under the pin holds that plan. A negative count throws
+/// kInvalidArgument.
+void force_splits(int num_splits);
+int forced_splits();
 /// Name of the kernel the last attention launch of this process ran ("" before any, or since
 /// clear_last_kernel(): a call with no query rows launches nothing).
 std::string last_kernel();

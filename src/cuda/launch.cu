@@ -139,6 +139,18 @@ const KernelSpec& spec_with(bool tensor_cores, bool bulk_copy, int rows_per_cta)
 }
 }  // namespace
 
+namespace {
+std::atomic<int> g_forced_splits{0};
+}  // namespace
+
+void force_splits(int num_splits) {
+  if (num_splits < 0)
+    fail(ErrorCode::kInvalidArgument, "force_splits: num_splits is ", num_splits, "; allowed: 0 (the planner) or more");
+  g_forced_splits.store(num_splits);
+}
+
+int forced_splits() { return g_forced_splits.load(); }
+
 void force_kernel(const std::string& name) {
   const KernelSpec* spec = nullptr;
   if (!name.empty()) {

@@ -103,6 +103,36 @@ TEST(SplitPlan, FewSequencesAreSplitToFillTheGpu) {
   }
 }
 
+// A pinned split count (force_splits): partitions of 32-token multiples that cover the span, no
+// more splits than asked, no empty split; one pass for 0-1 splits or a span of one tile.
+TEST(SplitPlan, FixedPlanCoversTheSpan) {
+  PAGEDATTN_TEST_RNG(rng);
+  for (int i = 0; i < 2000; ++i) {
+    const int len = static_cast<int>(rng.randint(0, 300000));
+    const int n = static_cast<int>(rng.randint(0, 300));
+    const SplitPlan p = fixed_split_plan(len, n);
+    SCOPED_TRACE(::testing::Message() << "len " << len << " splits " << n);
+    if (n <= 1 || len <= 32) {
+      EXPECT_EQ(p.num_splits, 1);
+      continue;
+    }
+    EXPECT_GE(p.num_splits, 1);
+    EXPECT_LE(p.num_splits, n);
+    if (p.num_splits == 1) {
+      EXPECT_EQ(p.partition_size, 1 << 30);
+      continue;
+    }
+    EXPECT_EQ(p.partition_size % 32, 0);
+    EXPECT_GE(static_cast<long long>(p.partition_size) * p.num_splits, len);
+    EXPECT_LT(static_cast<long long>(p.partition_size) * (p.num_splits - 1), len) << "an empty last split";
+    if (HasFailure()) return;
+  }
+  EXPECT_EQ(fixed_split_plan(4096, 4).partition_size, 1024);
+  EXPECT_EQ(fixed_split_plan(1000, 3).partition_size, 352);  // 334 rounded up to 32
+  EXPECT_EQ(fixed_split_plan(1000, 3).num_splits, 3);
+  EXPECT_EQ(fixed_split_plan(40, 8).num_splits, 2);  // 32-token partitions: two cover 40
+}
+
 // One CTA per SM or more with uniform lengths: no split (V1 measured fastest there: 32/16
 // batch 64 16k, bf16 + fp8 batch 32 8k).
 TEST(SplitPlan, EnoughCtasMeansOnePass) {

@@ -248,6 +248,49 @@ TEST(CudaAttention, QueryRowsNotSixteenByteAligned) {
     }
 }
 
+// The auto path with its split count pinned (detail::cuda::force_splits, the benchmark's
+// --splits): every count from one pass to 128-token partitions, more than the planner or SPEC's
+// partitions would reserve, gives the reference's output, with a workspace sized under the pin.
+TEST(CudaAttention, PinnedSplitsMatchReference) {
+  PAGEDATTN_REQUIRE_GPU();
+  PAGEDATTN_TEST_RNG(rng);
+  struct Unpin {
+    ~Unpin() { detail::cuda::force_splits(0); }
+  } unpin;
+  for (const int group : {1, 8, 32}) {
+    ProblemConfig c;
+    c.dtype = rng.coin() ? DType::kFloat16 : DType::kBFloat16;
+    c.kv_cache_dtype = rng.coin() ? CacheDType::kAuto : CacheDType::kFp8E4M3;
+    c.head_size = 128;
+    c.block_size = 16;
+    c.num_kv_heads = 2;
+    c.num_heads = 2 * group;
+    c.num_seqs = 3;
+    c.min_len = 0;
+    c.max_len = static_cast<int>(rng.randint(1500, 3000));
+    const HostProblem h = build_problem(c, rng);
+    SCOPED_TRACE(::testing::Message() << seed_message() << " group " << group << " dtype " << dtype_tag(c.dtype)
+                                      << " cache " << cache_tag(c.kv_cache_dtype) << " max_len " << c.max_len);
+    const auto want = ref::attention(h.params);
+    const Tol tol = tolerance(h.cfg.dtype, max_abs_logit(ref::attention_partitions(h.params)));
+    DeviceProblem d(h);
+    std::size_t one_pass_bytes = 0;
+    for (const int n : {1, 2, 3, 7, 24}) {
+      SCOPED_TRACE(::testing::Message() << n << " splits pinned");
+      detail::cuda::force_splits(n);
+      EXPECT_EQ(detail::cuda::forced_splits(), n);
+      const std::size_t bytes = paged_attention_workspace_size(d.params);
+      if (n == 1) one_pass_bytes = bytes;
+      if (n == 24) EXPECT_GT(bytes, one_pass_bytes) << "24 splits need partials";
+      DevicePtr ws = bytes ? device_alloc(bytes) : nullptr;
+      d.poison_out(h);
+      paged_attention(d.params, ws.get(), bytes);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      EXPECT_TRUE(close(d.out_values(h), want, tol, c.num_heads, c.head_size, "auto, pinned splits"));
+    }
+  }
+}
+
 TEST(CudaAttention, AllEmptySequences) {
   PAGEDATTN_REQUIRE_GPU();
   PAGEDATTN_TEST_RNG(rng);

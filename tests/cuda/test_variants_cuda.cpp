@@ -455,6 +455,15 @@ TEST(KernelRegistry, ForceRestoreAndReasons) {
     EXPECT_EQ(detail::cuda::forced_kernel(), "tensor_core_r8") << "a refused name must not change the pin";
   }
   EXPECT_EQ(detail::cuda::forced_kernel(), "");
+  // the split-count pin: 0 = the planner; a negative count is refused and changes nothing
+  EXPECT_EQ(detail::cuda::forced_splits(), 0);
+  detail::cuda::force_splits(5);
+  EXPECT_EQ(detail::cuda::forced_splits(), 5);
+  expect_error([] { detail::cuda::force_splits(-2); }, ErrorCode::kInvalidArgument,
+               {"force_splits: num_splits is -2", "0 (the planner) or more"});
+  EXPECT_EQ(detail::cuda::forced_splits(), 5) << "a refused count must not change the pin";
+  detail::cuda::force_splits(0);
+  EXPECT_EQ(detail::cuda::forced_splits(), 0);
   EXPECT_EQ(detail::cuda::kernel_unsupported_reason("cuda_core_r1", DType::kFloat16, CacheDType::kAuto, 128), "");
   // float32 queries have no tensor-core instance (and a trimmed build may lack the float32 one)
   EXPECT_NE(detail::cuda::kernel_unsupported_reason("tensor_core_r8", DType::kFloat32, CacheDType::kAuto, 128), "");
