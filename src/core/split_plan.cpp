@@ -25,6 +25,7 @@ SplitPlan plan_splits(const SplitInputs& in) {
   constexpr long long kCtaCost = 96;  // fixed cost of a CTA (query load, merge, partial write) in tokens
   constexpr int kMaxSplits = 256;
   constexpr SplitPlan kOnePass{1 << 30, 1};
+  if (in.pinned_splits > 0) return fixed_split_plan(in.max_seq_len, in.pinned_splits);
   const long long heads = static_cast<long long>(in.num_kv_heads) * in.head_tiles;
   const long long base = in.num_seqs * heads;
   const long long sms = std::max(in.sm_count, 1);
@@ -40,9 +41,10 @@ SplitPlan plan_splits(const SplitInputs& in) {
   const long long most = std::min<long long>(kMaxSplits, (max_len + kMinPartition - 1) / kMinPartition);
   long long best_cost = -1;
   SplitPlan best = kOnePass;
-  for (long long n = 1; n <= most; ++n) {
-    const long long part = ((max_len + n - 1) / n + 31) / 32 * 32;
-    const long long splits = (max_len + part - 1) / part;
+  for (int n = 1; n <= most; ++n) {
+    const SplitPlan cand = fixed_split_plan(static_cast<int>(max_len), n);
+    const long long splits = cand.num_splits;
+    const long long part = splits == 1 ? (max_len + 31) / 32 * 32 : cand.partition_size;
     if (splits != n) continue;                      // not reachable with 32-token partitions
     if (mixed && part < kPartitionSize) continue;  // the workspace reserves SPEC's partitions at most
     long long cost;
@@ -57,14 +59,14 @@ SplitPlan plan_splits(const SplitInputs& in) {
     if (splits > 1) cost += kCtaCost;  // the reduce
     if (best_cost < 0 || cost < best_cost) {
       best_cost = cost;
-      best = splits == 1 ? kOnePass : SplitPlan{static_cast<int>(part), static_cast<int>(splits)};
+      best = cand;
     }
   }
   return best;
 }
 
 SplitPlan fixed_split_plan(int max_seq_len, int num_splits) {
-  if (num_splits <= 1 || max_seq_len <= 32) return SplitPlan{1 << 30, 1};
+  if (num_splits <= 1 || max_seq_len <= 0) return SplitPlan{1 << 30, 1};
   const long long len = max_seq_len;
   const long long part = ((len + num_splits - 1) / num_splits + 31) / 32 * 32;
   const long long splits = (len + part - 1) / part;

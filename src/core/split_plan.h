@@ -15,6 +15,9 @@ struct SplitInputs {
   bool batch_invariant = false;
   int sm_count = 0;
   int ctas_per_sm = 1;       ///< resident CTAs of the chosen kernel per SM
+  /// A split count pinned by the caller (detail::cuda::force_splits, for measurement): the plan
+  /// is then fixed_split_plan(max_seq_len, pinned_splits), whatever the model says. 0: none.
+  int pinned_splits = 0;
 };
 
 struct SplitPlan {
@@ -22,12 +25,13 @@ struct SplitPlan {
   int num_splits;      ///< splits launched (gridDim.z)
 };
 
-/// The plan with the lowest modelled cost (see split_plan.cpp); deterministic.
+/// The plan with the lowest modelled cost (see split_plan.cpp), or the pinned one
+/// (pinned_splits); deterministic.
 SplitPlan plan_splits(const SplitInputs& in);
 
 /// `num_splits` splits of a span of max_seq_len tokens (partitions rounded up to 32 tokens, so
 /// fewer splits where the rounding covers the span; one split for num_splits <= 1 or an empty
-/// span): the plan a caller pins instead of the modelled one (force_splits, for measurement).
+/// span): the candidates plan_splits costs, and the plan a pinned count gets.
 SplitPlan fixed_split_plan(int max_seq_len, int num_splits);
 
 /// Splits the auto workspace holds, given plan = plan_splits(in): the larger of the plan

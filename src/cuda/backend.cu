@@ -1,6 +1,4 @@
 // CUDA backend entry points for attention: V1, V2 (partition + reduce) and auto.
-#include <algorithm>
-
 #include "core/backend.h"
 #include "core/check.h"
 #include "cuda/attention_kernel.cuh"
@@ -148,10 +146,9 @@ AutoLayout auto_layout(const PagedAttentionParams& p, const AttentionShape& s, c
   AutoLayout a{};
   const SplitInputs in = split_inputs(p, s, kc);
   a.plan = plan_splits(in);
-  if (const int pinned = forced_splits(); pinned > 0) a.plan = fixed_split_plan(in.max_seq_len, pinned);
   // sized without the total_tokens hint and batch_invariant: one buffer serves every hint and
-  // mode of a shape (reserved_splits >= the plan's splits; a pinned plan may ask more)
-  const int reserved = std::max(reserved_splits(in, a.plan), a.plan.num_splits);
+  // mode of a shape (reserved_splits >= the plan's splits)
+  const int reserved = reserved_splits(in, a.plan);
   if (reserved <= 1) return a;
   const std::size_t rows = static_cast<std::size_t>(s.num_rows) * s.num_heads * reserved;
   a.exp_sums_off = 0;

@@ -261,11 +261,12 @@ const KernelSpec& auto_kernel(const AutoRuleInput& in) {
     // groups of warps on 16 rows each (hopper_bulk_r32, up to kBulkWideMaxHead), so one CTA
     // and one read of each page serve 32 rows, not two 16-row CTAs each streaming the kv
     // head — where the call has CTAs enough. Measured on the H200 (docs/performance.md, v0.9):
-    // r32 +20-77% where its CTAs number at least half the SMs (MQA batch 128 x 8k 73% -> 88%
-    // of copy, fp8 +40%, head 64 +77%, q_len 8 x group 4 +24%); with fewer, a 32-row CTA's
-    // consumer work per byte (twice a 16-row one's) bounds the few CTAs there are, and r16's
-    // twice as many CTAs (the second reading the pages from L2) win: MQA batch 16 x 8k -16%,
-    // batch 1 x 128k -27% on r32; batch 64 (64 r32 CTAs on 132 SMs) ties.
+    // r32 +24-81% where its CTAs number at least half the SMs (MQA batch 128 x 8k 73% -> 91-92%
+    // of copy, fp8 MQA +57%, head-64 MQA +81%, q_len 8 x group 4 +31%); with fewer, a 32-row
+    // CTA's consumer work per byte (twice a 16-row one's) bounds the few CTAs there are, and
+    // r16's twice as many CTAs (the second reading the pages from L2) win: r32 took 16% longer
+    // on MQA batch 16 x 8k and 27% on batch 1 x 128k (its first build); batch 64 (64 r32 CTAs on
+    // 132 SMs) ties.
     const long long r32_ctas = in.kv_streams * ((rows + 4 * kBulkRows - 1) / (4 * kBulkRows));
     const bool r32_fills = in.kv_streams == 0 || in.sm_count == 0 || 2 * r32_ctas >= in.sm_count;
     if (rows > 2 * kBulkRows && in.head_size <= kBulkWideMaxHead && r32_fills) return spec_with(true, true, 4 * kBulkRows);
@@ -327,6 +328,7 @@ SplitInputs split_inputs(const PagedAttentionParams& p, const AttentionShape& s,
   in.batch_invariant = p.batch_invariant;
   in.sm_count = sm_count(s.device.index);
   in.ctas_per_sm = k.ctas_per_sm;
+  in.pinned_splits = forced_splits();
   return in;
 }
 

@@ -44,8 +44,11 @@ void expect_valid(const SplitInputs& in) {
     EXPECT_EQ(plan.partition_size % 32, 0) << "partitions are whole 32-token tiles";
     EXPECT_EQ((in.max_seq_len + plan.partition_size - 1) / plan.partition_size, plan.num_splits)
         << "splits x partition must cover max_seq_len with no empty split";
-    // the planner's own plans stop at 256 splits; batch-invariant plans are SPEC's partitions
-    EXPECT_LE(plan.num_splits, in.batch_invariant ? v2_max_num_partitions(in.max_seq_len) : 256);
+    // the planner's own plans stop at 256 splits; batch-invariant plans are SPEC's partitions;
+    // a pinned count is the ceiling it names
+    EXPECT_LE(plan.num_splits, in.pinned_splits > 0   ? in.pinned_splits
+                               : in.batch_invariant ? v2_max_num_partitions(in.max_seq_len)
+                                                    : 256);
   }
   const int reserved = reserved_splits(in, plan);
   EXPECT_GE(reserved, plan.num_splits) << "the workspace must hold the plan";
@@ -68,7 +71,13 @@ TEST(SplitPlan, PropertiesHoldOnRandomShapes) {
     in.total_tokens = rng.coin(0.5) ? rng.randint(0, cap) : 0;
     in.sm_count = static_cast<int>(rng.randint(1, 200));
     in.ctas_per_sm = static_cast<int>(rng.randint(1, 8));
+    in.pinned_splits = rng.coin(0.2) ? static_cast<int>(rng.randint(0, 400)) : 0;
     expect_valid(in);
+    if (in.pinned_splits > 0) {
+      const SplitPlan fixed = fixed_split_plan(in.max_seq_len, in.pinned_splits);
+      EXPECT_EQ(plan_splits(in).num_splits, fixed.num_splits) << "a pinned count overrides the model and the mode";
+      EXPECT_EQ(plan_splits(in).partition_size, fixed.partition_size);
+    }
     if (HasFailure()) return;
   }
 }
