@@ -33,7 +33,7 @@ struct F16x2Scaled {
   std::uint32_t bits, nan;
 };
 PAGEDATTN_FP8_HD F16x2Scaled e4m3x2_to_f16x2_scaled(std::uint32_t two) {
-  const std::uint32_t y = ((two & 0xffu) << 8) | ((two & 0xff00u) << 16);  // each byte in bits 8-15 of its half
+  const std::uint32_t y = e5m2x2_to_f16x2(two);  // each byte in bits 8-15 of its half
   const std::uint32_t mag = y & 0x7f007f00u;
   const std::uint32_t bits = (y & 0x80008000u) | (mag >> 1);
   // a half whose 7 magnitude bits are all ones carries into bit 15 (no carry crosses halves)

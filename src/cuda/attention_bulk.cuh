@@ -48,11 +48,11 @@ namespace pagedattn::detail::cuda {
 
 inline constexpr int kBulkRows = kMmaHeads;  ///< query rows of one mma n-tile
 /// Widest head of the kernel with two n-tiles (16 rows) per consumer warp (hopper_bulk_r32):
-/// its accumulators (O^T and Q^T fragments of both tiles) must fit the 200 registers a thread
-/// of a 320-thread CTA has.
+/// its accumulators (O^T and Q^T fragments of both tiles) must fit the 168 registers a thread
+/// of a 320-thread CTA gets (10 warps: three on some SM sub-partition of 16K registers).
 inline constexpr int kBulkWideMaxHead = 128;
 inline constexpr int kBulkConsumers = 4;   ///< consumer warps (write_merged merges kWarps states)
-inline constexpr int kBulkMaxGroups = 2;  ///< row groups of kBulkConsumers warps (8 rows each)
+inline constexpr int kBulkMaxGroups = 2;  ///< row groups of kBulkConsumers warps (8 or 16 rows each)
 /// Producer warps: stage s is issued by producer s % kBulkProducers. Profiled on the H200
 /// (v0.8), one producer's per-stage chain (free-slot check, page mask, block-table entry, the
 /// bulk copies) is what bounded the CTAs that need a stage every ~0.5 us: fp8 caches (8 KB
@@ -128,8 +128,8 @@ struct BulkTraits {
   static_assert(stages(1) % kBulkConsumers == 0 && stages(kBulkMaxGroups) % kBulkConsumers == 0,
                 "each ring slot must belong to one consumer warp of each group");
   static_assert(smem_bytes(kBulkMaxGroups) <= 227 * 1024, "the ring must fit an sm_90 CTA's shared memory");
-  /// the epilogue's merge buffers (one per row group) alias the ring and the queries (both
-  /// free by then: every stage consumed, the queries held in registers since the start)
+  /// the epilogue's merge buffers (one per row group) alias the ring, the queries and the rows
+  /// (all free by then: every stage consumed, the queries in registers since the start)
   static constexpr int kRedBytes = 4 * (kWarps * kGroupRows * D + 2 * kWarps * kGroupRows);
   static_assert(kBulkMaxGroups * kRedBytes <= bar_offset(1), "merge buffers must fit in the ring and queries");
 };
@@ -254,6 +254,18 @@ __device__ __forceinline__ unsigned stage_pages(const AttentionKernelParams& p, 
   return __ballot_sync(0xffffffffu, need);
 }
 
+/// Calls f(h, e, k) for each logit a consumer lane holds per stage (unrolled): n-tile h, its
+/// row 8h + 2q + e, element k = 2mt + hf (token 16mt + 8hf + r).
+template <int NH, typename F>
+__device__ __forceinline__ void each_logit(F&& f) {
+#pragma unroll
+  for (int h = 0; h < NH; ++h)
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int k = 0; k < 4; ++k) f(h, e, k);
+}
+
 template <typename T, CacheKind C, int D, int NH, bool kVar>
 __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(const __grid_constant__ AttentionKernelParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -265,7 +277,7 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
   // instruction, to bf16 in four; P in [0, 1] keeps more bits in f16 than in bf16)
   using PT = std::conditional_t<kFp8, __half, T>;
 
-  const int groups = blockDim.x / (32 * kBulkConsumers);  // row groups: (4 groups + 1) warps
+  const int groups = blockDim.x / (32 * kBulkConsumers);  // row groups: (4 groups + kBulkProducers) warps
   const CtaWork work = cta_work_rows(p, R * groups);
   if (work.empty) return;
   const int start = work.start, end = work.end;
@@ -555,48 +567,27 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
     // ---- online softmax of rows 8h + 2q + e, in log2 units (logit x log2(e): each exponential
     // is one ex2); element k = 2mt + hf is token 16mt + 8hf + r
     float pr[NH][2][4];
-#pragma unroll
-    for (int h = 0; h < NH; ++h)
-#pragma unroll
-      for (int e = 0; e < 2; ++e)
-#pragma unroll
-        for (int k = 0; k < 4; ++k) pr[h][e][k] = sacc[h][k >> 1][2 * (k & 1) + e];
+    each_logit<NH>([&](int h, int e, int k) { pr[h][e][k] = sacc[h][k >> 1][2 * (k & 1) + e]; });
     if (plain_logits) {
-#pragma unroll
-      for (int h = 0; h < NH; ++h)
-#pragma unroll
-        for (int e = 0; e < 2; ++e)
-#pragma unroll
-          for (int k = 0; k < 4; ++k) pr[h][e][k] *= qk2;
+      each_logit<NH>([&](int h, int e, int k) { pr[h][e][k] *= qk2; });
     } else {
-#pragma unroll
-      for (int h = 0; h < NH; ++h)
-#pragma unroll
-        for (int e = 0; e < 2; ++e)
-#pragma unroll
-          for (int k = 0; k < 4; ++k) {
-            const BulkRow& ri = lane_rows[8 * h + e];
-            pr[h][e][k] = row_logit<kVar>(p, pr[h][e][k] * scales.qk, ri.slope, t0 + 16 * (k >> 1) + 8 * (k & 1) + r, ri.pos) *
-                          kLog2e;
-          }
+      each_logit<NH>([&](int h, int e, int k) {
+        const BulkRow& ri = lane_rows[8 * h + e];
+        pr[h][e][k] = row_logit<kVar>(p, pr[h][e][k] * scales.qk, ri.slope, t0 + 16 * (k >> 1) + 8 * (k & 1) + r, ri.pos) * kLog2e;
+      });
     }
     if (!whole || stage_masked) {
-#pragma unroll
-      for (int h = 0; h < NH; ++h)
-#pragma unroll
-        for (int e = 0; e < 2; ++e)
-#pragma unroll
-          for (int k = 0; k < 4; ++k) {
-            const int tt = 16 * (k >> 1) + 8 * (k & 1) + r;
-            const int t = t0 + tt;
-            bool ok = tok_ok(tt);
-            if (stage_masked) {
-              const BulkRow& ri = lane_rows[8 * h + e];
-              ok = ok && t >= ri.lo && t <= ri.pos &&
-                   (!p.rule.sparse || p.rule.block_attended(ri.pos, ri.head, work.kv_head, (t >> shift) << shift));
-            }
-            if (!ok) pr[h][e][k] = -INFINITY;
-          }
+      each_logit<NH>([&](int h, int e, int k) {
+        const int tt = 16 * (k >> 1) + 8 * (k & 1) + r;
+        const int t = t0 + tt;
+        bool ok = tok_ok(tt);
+        if (stage_masked) {
+          const BulkRow& ri = lane_rows[8 * h + e];
+          ok = ok && t >= ri.lo && t <= ri.pos &&
+               (!p.rule.sparse || p.rule.block_attended(ri.pos, ri.head, work.kv_head, (t >> shift) << shift));
+        }
+        if (!ok) pr[h][e][k] = -INFINITY;
+      });
     }
     float alpha[NH][2];
     bool rescale = false;
