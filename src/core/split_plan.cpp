@@ -6,6 +6,53 @@
 
 namespace pagedattn::detail {
 
+namespace {
+
+constexpr int kMinPartition = 128;  // 4 tiles: one per warp
+constexpr int kMaxSplits = 256;
+constexpr SplitPlan kOnePass{1 << 30, 1};
+
+/// Splits for a kernel whose CTA has an SM alone (one wave: CTAs <= SMs x ctas_per_sm) and
+/// streams at most cta_tokens_per_us: a call's time is modelled as
+///   (a split: kSplitUs) + max(all bytes / memory bandwidth, tokens of one CTA / its rate),
+/// the cheapest plan wins, and among equal ones the most splits (with the memory the bound,
+/// more CTAs share it more evenly). Fitted on hopper_bulk_r8_deep with pinned split counts on
+/// the H200 (docs/performance.md, v0.10): a CTA consumes ~125 tokens/us at head 128 whether
+/// the cache is 16-bit or fp8, and a split costs 3.6-5.9 us (the partials and the reduce
+/// kernel behind the grid). Mixed lengths (the total_tokens hint): the bytes are the hinted
+/// tokens', the longest CTA a whole partition; partitions of at least SPEC's 512 tokens, as
+/// the workspace reserves.
+SplitPlan time_model_plan(const SplitInputs& in) {
+  constexpr double kSplitUs = 4.5;
+  const long long heads = static_cast<long long>(in.num_kv_heads) * in.head_tiles;
+  const long long base = in.num_seqs * heads;
+  const long long slots = static_cast<long long>(std::max(in.sm_count, 1)) * std::max(in.ctas_per_sm, 1);
+  const long long max_len = in.max_seq_len;
+  if (max_len <= kMinPartition || base <= 0) return kOnePass;
+  const long long total = in.total_tokens;
+  const bool mixed = total > 0 && total < in.num_seqs * max_len;
+  const double tokens = static_cast<double>(heads) * static_cast<double>(mixed ? total : in.num_seqs * max_len);
+  const double mem_us = tokens * static_cast<double>(in.kv_bytes_per_token) / in.mem_bytes_per_us;
+  const long long most = std::min<long long>(kMaxSplits, (max_len + kMinPartition - 1) / kMinPartition);
+  double best_us = -1.0;
+  SplitPlan best = kOnePass;
+  for (int n = 1; n <= most; ++n) {
+    const SplitPlan cand = fixed_split_plan(static_cast<int>(max_len), n);
+    if (cand.num_splits != n) continue;  // not reachable with 32-token partitions
+    if (n > 1 && base * n > slots) break;  // a second wave
+    if (mixed && n > 1 && cand.partition_size < kPartitionSize) continue;
+    const long long part = n == 1 ? max_len : cand.partition_size;
+    const double us = (n > 1 ? kSplitUs : 0.0) + std::max(mem_us, static_cast<double>(part) / in.cta_tokens_per_us);
+    if (best_us < 0.0 || us <= best_us) {
+      best_us = us;
+      best = cand;
+    }
+  }
+  return best;
+}
+
+}  // namespace
+
 SplitPlan plan_splits(const SplitInputs& in) {
   // Splits along the sequence so the (sequence, kv head, head tile, split) grid keeps every
   // SM streaming to the end. For each candidate split count (32-token partitions) a cost in
@@ -18,14 +65,15 @@ SplitPlan plan_splits(const SplitInputs& in) {
   //    sizes are scheduled greedily, so the makespan is about the average SM load plus one
   //    CTA: (all tokens + fixed cost x CTAs) / SMs + tokens per CTA; partitions of at least
   //    512 tokens, so the workspace (sized without the hint) always holds the plan.
-  // A split adds the reduce. The plan depends only on shapes, max_seq_len, the hint and the
+  // A split adds the reduce. With the time model's inputs (kernels that have an SM alone and
+  // are bound by their consumers, see time_model_plan) the plan is that model's instead.
+  // The plan depends only on shapes, max_seq_len, the hint and the
   // device, never on the data, so the workspace size is fixed for a shape and the call is
   // safe under CUDA graph capture. Measured against fixed plans in docs/performance.md.
-  constexpr int kMinPartition = 128;  // 4 tiles: one per warp
   constexpr long long kCtaCost = 96;  // fixed cost of a CTA (query load, merge, partial write) in tokens
-  constexpr int kMaxSplits = 256;
-  constexpr SplitPlan kOnePass{1 << 30, 1};
   if (in.pinned_splits > 0) return fixed_split_plan(in.max_seq_len, in.pinned_splits);
+  if (in.kv_bytes_per_token > 0 && in.mem_bytes_per_us > 0.0 && in.cta_tokens_per_us > 0.0 && !in.batch_invariant)
+    return time_model_plan(in);
   const long long heads = static_cast<long long>(in.num_kv_heads) * in.head_tiles;
   const long long base = in.num_seqs * heads;
   const long long sms = std::max(in.sm_count, 1);

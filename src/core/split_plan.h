@@ -15,6 +15,13 @@ struct SplitInputs {
   bool batch_invariant = false;
   int sm_count = 0;
   int ctas_per_sm = 1;       ///< resident CTAs of the chosen kernel per SM
+  /// The time model (all three set; else the token-unit model): bytes one CTA streams per
+  /// token of its kv head (keys and values), the device's memory bandwidth, and the most tokens
+  /// per microsecond one CTA of the chosen kernel consumes. Set for kernels that have an SM
+  /// alone and whose CTAs are bound by their own consumers (hopper_bulk_r8_deep).
+  long long kv_bytes_per_token = 0;
+  double mem_bytes_per_us = 0.0;
+  double cta_tokens_per_us = 0.0;
   /// A split count pinned by the caller (detail::cuda::force_splits, for measurement): the plan
   /// is then fixed_split_plan(max_seq_len, pinned_splits), whatever the model says. 0: none.
   int pinned_splits = 0;

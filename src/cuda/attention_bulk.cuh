@@ -63,21 +63,23 @@ inline constexpr int kBulkProducers = 2;
 constexpr int bulk_threads(int groups) { return (kBulkConsumers * groups + kBulkProducers) * 32; }
 inline constexpr int kBulkMaxThreads = bulk_threads(kBulkMaxGroups);
 inline constexpr int kStageTokens = 32;    ///< tokens per ring stage
-/// Ring bytes aimed at, per row-group count. One row group (hopper_bulk_r8, 192 threads, up
-/// to 2 CTAs per SM): measured on the H200 (fp8 32/8, batch 32 x 8k), 96 KB (12 slots, 3 per
-/// consumer warp, 2 CTAs per SM) 85.7% of copy, 64 KB (8 slots, up to 3 CTAs per SM) 73.8%: a
-/// consumer warp needs more than one stage in flight while it computes another. Two row groups
-/// (hopper_bulk_r16, 320 threads, held to 1 CTA per SM by its ring) get the SM's shared
-/// memory alone, so twice the ring keeps as many bytes in flight per SM as two r8 CTAs do.
-constexpr int bulk_ring_target(int groups) { return groups * 96 * 1024; }
-/// Shared memory a one-row-group launch asks at least, so that no more than two of its CTAs
-/// share an SM (228 KB per SM, 1 KB reserved per CTA): measured on the H200 (v0.8), once the
-/// consumer's registers fell from ~155 to ~130 a third r8 CTA fit beside two wherever the ring
-/// is 64 KB, and grids of just under four CTAs per SM (32/8, batch 64 x 4k) ran 7% slower; the
-/// ring itself cannot take the room (its slots come in fours).
+/// Ring bytes aimed at, in ring units (the launch's ring size: 1 or 2). One unit
+/// (hopper_bulk_r8, 192 threads, up to 2 CTAs per SM): measured on the H200 (fp8 32/8, batch 32
+/// x 8k), 96 KB (12 slots, 3 per consumer warp, 2 CTAs per SM) 85.7% of copy, 64 KB (8 slots,
+/// up to 3 CTAs per SM) 73.8%: a consumer warp needs more than one stage in flight while it
+/// computes another. Two units: the CTAs that have the SM's shared memory alone (two row groups,
+/// hopper_bulk_r16/_r32, and hopper_bulk_r8_deep: one row group for grids that leave SMs
+/// without a second CTA), so one CTA keeps as many bytes in flight per SM as two r8 CTAs do.
+constexpr int bulk_ring_target(int ring) { return ring * 96 * 1024; }
+/// Shared memory a one-row-group launch with a one-unit ring asks at least, so that no more than
+/// two of its CTAs share an SM (228 KB per SM, 1 KB reserved per CTA): measured on the H200
+/// (v0.8), once the consumer's registers fell from ~155 to ~130 a third r8 CTA fit beside two
+/// wherever the ring is 64 KB, and grids of just under four CTAs per SM (32/8, batch 64 x 4k) ran
+/// 7% slower; the ring itself cannot take the room (its slots come in fours).
 inline constexpr int kBulkOneGroupMinSmem = 80 * 1024;
-/// Slots at most, per row-group count (the mbarrier pairs are 16 bytes each).
-constexpr int bulk_max_stages(int groups) { return groups * 12; }
+/// Slots at most, per ring unit count (the mbarrier pairs are 16 bytes each).
+constexpr int bulk_max_stages(int ring) { return ring * 12; }
+inline constexpr int kBulkMaxRing = 2;  ///< ring units at most
 static_assert(kStageTokens == kSpanAlign, "a split starts on a stage boundary");
 static_assert(kBulkConsumers == kWarps, "write_merged merges kWarps warp states");
 
@@ -95,14 +97,14 @@ struct BulkTraits {
   static constexpr int kKStageBytes = kChunks * 16 * kStageTokens;
   static constexpr int kVStageBytes = D * kElem * kStageTokens;
   static constexpr int kStageBytes = (kKStageBytes + kVStageBytes + 127) / 128 * 128;
-  /// Ring slots with `groups` row groups: a multiple of the consumer count, so that stage s
+  /// Ring slots of a ring of `ring` units: a multiple of the consumer count, so that stage s
   /// uses slot s % stages and is consumed by warp s % 4 (every slot belongs to one warp of each
   /// group). Otherwise a warp could wait on a slot's full barrier one phase ahead of the warp
   /// still reading it, and the parity wait would pass at once (measured: with 6 slots,
   /// unspecified launch failures on the H200).
-  static constexpr int stages(int groups) {
-    const int wanted = bulk_ring_target(groups) / kStageBytes / kBulkConsumers * kBulkConsumers;
-    return wanted < kBulkConsumers ? kBulkConsumers : wanted > bulk_max_stages(groups) ? bulk_max_stages(groups) : wanted;
+  static constexpr int stages(int ring) {
+    const int wanted = bulk_ring_target(ring) / kStageBytes / kBulkConsumers * kBulkConsumers;
+    return wanted < kBulkConsumers ? kBulkConsumers : wanted > bulk_max_stages(ring) ? bulk_max_stages(ring) : wanted;
   }
   static constexpr int kGroupRows = kBulkRows * NH;  ///< query rows of a row group
   static_assert(NH == 1 || (NH == 2 && D <= kBulkWideMaxHead), "two n-tiles per warp up to kBulkWideMaxHead");
@@ -116,18 +118,20 @@ struct BulkTraits {
   static constexpr int kRowBytes = kBulkMaxGroups * kGroupRows * 16;
   /// shared-memory layout: the ring, the queries, the rows, then a (full, empty) mbarrier pair
   /// per slot
-  static constexpr int ring_bytes(int groups) { return stages(groups) * kStageBytes; }
-  static constexpr int bar_offset(int groups) { return ring_bytes(groups) + kQBytes + kRowBytes; }
-  static constexpr int smem_bytes(int groups) { return bar_offset(groups) + stages(groups) * (8 + 8); }
-  /// Dynamic shared memory of a launch (the layout, or kBulkOneGroupMinSmem for one row group)
-  static constexpr int launch_bytes(int groups) {
-    return groups == 1 && smem_bytes(1) < kBulkOneGroupMinSmem ? kBulkOneGroupMinSmem : smem_bytes(groups);
+  static constexpr int ring_bytes(int ring) { return stages(ring) * kStageBytes; }
+  static constexpr int bar_offset(int ring) { return ring_bytes(ring) + kQBytes + kRowBytes; }
+  static constexpr int smem_bytes(int ring) { return bar_offset(ring) + stages(ring) * (8 + 8); }
+  /// Dynamic shared memory of a launch (the layout, or kBulkOneGroupMinSmem for a one-unit ring)
+  static constexpr int launch_bytes(int ring) {
+    return ring == 1 && smem_bytes(1) < kBulkOneGroupMinSmem ? kBulkOneGroupMinSmem : smem_bytes(ring);
   }
   /// The kernel's shared-memory attribute: the larger launch
-  static constexpr int attr_bytes() { return launch_bytes(1) > launch_bytes(2) ? launch_bytes(1) : launch_bytes(2); }
-  static_assert(stages(1) % kBulkConsumers == 0 && stages(kBulkMaxGroups) % kBulkConsumers == 0,
+  static constexpr int attr_bytes() {
+    return launch_bytes(1) > launch_bytes(kBulkMaxRing) ? launch_bytes(1) : launch_bytes(kBulkMaxRing);
+  }
+  static_assert(stages(1) % kBulkConsumers == 0 && stages(kBulkMaxRing) % kBulkConsumers == 0,
                 "each ring slot must belong to one consumer warp of each group");
-  static_assert(smem_bytes(kBulkMaxGroups) <= 227 * 1024, "the ring must fit an sm_90 CTA's shared memory");
+  static_assert(smem_bytes(kBulkMaxRing) <= 227 * 1024, "the ring must fit an sm_90 CTA's shared memory");
   /// the epilogue's merge buffers (one per row group) alias the ring, the queries and the rows
   /// (all free by then: every stage consumed, the queries in registers since the start)
   static constexpr int kRedBytes = 4 * (kWarps * kGroupRows * D + 2 * kWarps * kGroupRows);
@@ -288,8 +292,8 @@ __global__ void __launch_bounds__(kBulkMaxThreads) paged_attention_bulk_kernel(c
   const int v_page = D * Tr::kElem * bs;
 
   extern __shared__ __align__(128) unsigned char smem[];
-  // the launch gave this CTA smem_bytes(groups): a ring of `nslots` slots
-  const int nslots = Tr::stages(groups);
+  // the launch gave this CTA smem_bytes(ring): a ring of `nslots` slots
+  const int nslots = p.ring_slots;  // Tr::stages(ring units of the launch)
   T* q_s = reinterpret_cast<T*>(smem + nslots * Tr::kStageBytes);
   BulkRow* rows_s = reinterpret_cast<BulkRow*>(smem + nslots * Tr::kStageBytes + Tr::kQBytes);
   std::uint64_t* full = reinterpret_cast<std::uint64_t*>(smem + nslots * Tr::kStageBytes + Tr::kQBytes + Tr::kRowBytes);

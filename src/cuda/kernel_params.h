@@ -54,6 +54,9 @@ struct AttentionKernelParams {
   /// 1: every split writes partials (V2). 0: a sequence that fits one split writes `out`
   /// directly and only longer ones write partials (auto).
   int always_partials;
+  /// The Hopper bulk kernel's ring: its slots (BulkTraits::stages of the launch's ring size),
+  /// set by its launcher with the shared memory that holds them; unused by the other kernels.
+  int ring_slots;
 };
 
 struct ReduceKernelParams {

@@ -1,6 +1,6 @@
 // The attention kernels the CUDA backend can launch, by name, without CUDA types (tests and
 // the benchmark include it from plain C++). Each (query dtype, cache dtype, head size)
-// instance has up to seven kernels:
+// instance has up to eight kernels:
 //   cuda_core_r1 / _r2 / _r4: the CUDA-core kernel (attention_kernel.cuh) with 1, 2 or 4 query
 //                             rows per CTA (every instance);
 //   tensor_core_r8:           the tensor-core kernel (attention_mma.cuh), 8 rows per CTA
@@ -10,7 +10,9 @@
 //                             cores, 8, 16 or 32 rows per CTA (one or two row groups of
 //                             consumer warps, each warp on 8 rows, or 16 for _r32; float16/
 //                             bfloat16 queries, every head size, _r32 up to head_size 128; a
-//                             device of compute capability 9.0 or newer).
+//                             device of compute capability 9.0 or newer);
+//   hopper_bulk_r8_deep:      hopper_bulk_r8 with twice the ring, one CTA per SM (grids with
+//                             fewer CTAs than SMs: as many bytes in flight per SM as two).
 // A CTA's rows are (query token x head) of one kv head's GQA group; a call needs
 // ceil(rows / rows_per_cta) CTAs per (sequence, kv head, split). The auto rule picks one;
 // force_kernel() pins one (tests run every kernel on purpose; the benchmark compares them).
@@ -31,6 +33,13 @@ struct KernelSpec {
   bool bulk_copy;  ///< the Hopper kernel: needs min_sm
   int min_sm;      ///< lowest compute capability (10 * major + minor) it runs on; 0: any
   int max_head_size = 0;  ///< widest head it has code for; 0: any
+  /// Bulk kernels: the shared-memory ring in units of 96 KB aimed at (1: two CTAs fit an SM; 2:
+  /// the CTA has the SM's shared memory alone). 1 for the others.
+  int ring = 1;
+  /// The split planner's time model (core/split_plan.h): tokens per microsecond one CTA
+  /// consumes at head 128 (scaled by 128 / head_size above it), measured; 0: the token-unit
+  /// model.
+  double cta_tokens_per_us = 0.0;
 };
 
 /// Every kernel of the registry, in the auto rule's order of preference among equals.
@@ -68,6 +77,7 @@ struct AutoRuleInput {
   bool has_tensor_core_instance = false, has_bulk_instance = false;  ///< kernels the instance has
   int device_sm = 0, code_sm = 0;  ///< the device's compute capability, the architecture of its code
   long long kv_streams = 0;        ///< sequences x kv heads of the call (0: unknown)
+  int fixed_splits = 1;            ///< V2: the call's partitions (its grid's third dimension)
   int sm_count = 0;                ///< SMs of the device (0: unknown)
 };
 /// The auto rule (a pure function): the registry kernel for a call.

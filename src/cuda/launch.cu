@@ -51,6 +51,20 @@ int sm_count(int device) {
 }
 }  // namespace
 
+double memory_bytes_per_us(int device) {
+  static std::atomic<double> cached[64] = {};
+  if (device >= 0 && device < 64 && cached[device].load() > 0.0) return cached[device].load();
+  int clock_khz = 0, bus_bits = 0;
+  check_cuda(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device), "cudaDeviceGetAttribute(memory clock)");
+  check_cuda(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device),
+             "cudaDeviceGetAttribute(memory bus width)");
+  // double data rate; a stream reaches ~89% of the peak (H200: ~4270 of 4800 GB/s copied)
+  double bw = 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e6 * 0.89;
+  if (!(bw > 0.0)) bw = 4.27e6;  // a device that reports neither: the H200's
+  if (device >= 0 && device < 64) cached[device].store(bw);
+  return bw;
+}
+
 int device_sm(int device) {
   static std::atomic<int> cached[64] = {};
   if (device >= 0 && device < 64 && cached[device].load() > 0) return cached[device].load();
@@ -112,8 +126,10 @@ const std::vector<KernelSpec>& kernel_specs() {
 #endif
       {"tensor_core_r8", kMmaHeads, kSpanAlign, true, false, 0},
       {"hopper_bulk_r8", kBulkRows, kStageTokens, true, true, 90},
-      {"hopper_bulk_r16", kBulkRows * kBulkMaxGroups, kStageTokens, true, true, 90},
-      {"hopper_bulk_r32", 2 * kBulkRows * kBulkMaxGroups, kStageTokens, true, true, 90, kBulkWideMaxHead},
+      // ~125 tokens/us a CTA at head 128, 16-bit or fp8 cache (H200, docs/performance.md v0.10)
+      {"hopper_bulk_r8_deep", kBulkRows, kStageTokens, true, true, 90, 0, kBulkMaxRing, 125.0},
+      {"hopper_bulk_r16", kBulkRows * kBulkMaxGroups, kStageTokens, true, true, 90, 0, kBulkMaxRing},
+      {"hopper_bulk_r32", 2 * kBulkRows * kBulkMaxGroups, kStageTokens, true, true, 90, kBulkWideMaxHead, kBulkMaxRing},
   };
   return specs;
 }
@@ -130,10 +146,12 @@ const KernelSpec* find_spec(const std::string& name) {
     if (name == k.name) return &k;
   return nullptr;
 }
-/// The kernel of the registry with these rows per CTA on CUDA or tensor cores.
-const KernelSpec& spec_with(bool tensor_cores, bool bulk_copy, int rows_per_cta) {
+/// The kernel of the registry with these rows per CTA on CUDA or tensor cores (and ring size).
+const KernelSpec& spec_with(bool tensor_cores, bool bulk_copy, int rows_per_cta, int ring = 0) {
   for (const auto& k : kernel_specs())
-    if (k.tensor_cores == tensor_cores && k.bulk_copy == bulk_copy && k.rows_per_cta == rows_per_cta) return k;
+    if (k.tensor_cores == tensor_cores && k.bulk_copy == bulk_copy && k.rows_per_cta == rows_per_cta &&
+        (ring == 0 || k.ring == ring))
+      return k;
   fail(ErrorCode::kBackendError, "kernel registry: no ", tensor_cores ? "tensor-core" : "CUDA-core", " kernel with ",
        rows_per_cta, " rows per CTA");
 }
@@ -224,7 +242,7 @@ std::string kernel_unsupported_reason(const std::string& name, DType dtype, Cach
 
 void KernelChoice::launch(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) const {
   g_last.store(spec);
-  if (bulk) return inst->launch_bulk(kp, heads, grid, stream);
+  if (bulk) return inst->launch_bulk(kp, heads, spec->ring, grid, stream);
   if (mma) return inst->launch_mma(kp, grid, stream);
   inst->launch(kp, heads, grid, stream);
 }
@@ -270,8 +288,16 @@ const KernelSpec& auto_kernel(const AutoRuleInput& in) {
     const long long r32_ctas = in.kv_streams * ((rows + 4 * kBulkRows - 1) / (4 * kBulkRows));
     const bool r32_fills = in.kv_streams == 0 || in.sm_count == 0 || 2 * r32_ctas >= in.sm_count;
     if (rows > 2 * kBulkRows && in.head_size <= kBulkWideMaxHead && r32_fills) return spec_with(true, true, 4 * kBulkRows);
-    const bool two_groups = rows > kBulkRows;
-    return spec_with(true, true, two_groups ? kBulkRows * kBulkMaxGroups : kBulkRows);
+    if (rows > kBulkRows) return spec_with(true, true, kBulkRows * kBulkMaxGroups);
+    // 8 rows or fewer: a grid of no more (sequence, kv head) CTAs than SMs leaves every SM with
+    // one CTA at most, so each gets the ring of two (hopper_bulk_r8_deep; the auto path's
+    // planner then splits only within one CTA per SM). Measured on the H200 (docs/performance.md,
+    // v0.10), best plan of each against best plan of each: +4-18% from batch 8 x 512 to batch
+    // 16 x 8k (32/8 batch 8 x 4k 40.9 -> 38.2 us, batch 16 x 8k 129.6 -> 125.0 us), fp8 batch
+    // 8 x 8k -2%; with more CTAs than SMs two r8 CTAs per SM win (32/8 batch 32 x 8k: -1%).
+    const long long ctas = in.kv_streams * std::max(in.fixed_splits, 1);
+    const bool deep = in.kv_streams > 0 && in.sm_count > 0 && ctas <= in.sm_count;
+    return spec_with(true, true, kBulkRows, deep ? kBulkMaxRing : 1);
   }
   const int cc_rows = rows <= 1 ? 1 : rows <= 2 ? 2 : (rows <= 4 || PAGEDATTN_MAX_HEADS_PER_CTA < 8) ? 4 : 8;
   return spec_with(mma, false, mma ? kMmaHeads : cc_rows);
@@ -302,6 +328,7 @@ KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& 
     in.device_sm = sm;
     in.code_sm = code;
     in.kv_streams = static_cast<long long>(s.num_seqs) * s.num_kv_heads;
+    in.fixed_splits = fixed_partitions ? s.max_num_partitions : 1;
     in.sm_count = sm_count(s.device.index);
     k.spec = &auto_kernel(in);
   }
@@ -309,7 +336,7 @@ KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& 
   k.bulk = k.spec->bulk_copy;
   k.heads = k.spec->rows_per_cta;
   k.head_tiles = static_cast<int>((rows + k.heads - 1) / k.heads);
-  k.ctas_per_sm = k.bulk ? k.inst->bulk_ctas_per_sm(k.heads) : k.mma ? k.inst->mma_ctas_per_sm() : k.inst->ctas_per_sm(k.heads);
+  k.ctas_per_sm = k.bulk ? k.inst->bulk_ctas_per_sm(k.heads, k.spec->ring) : k.mma ? k.inst->mma_ctas_per_sm() : k.inst->ctas_per_sm(k.heads);
   return k;
 }
 
@@ -329,6 +356,12 @@ SplitInputs split_inputs(const PagedAttentionParams& p, const AttentionShape& s,
   in.sm_count = sm_count(s.device.index);
   in.ctas_per_sm = k.ctas_per_sm;
   in.pinned_splits = forced_splits();
+  if (k.spec->cta_tokens_per_us > 0.0) {
+    const long long elem = p.kv_cache_dtype != CacheDType::kAuto ? 1 : static_cast<long long>(dtype_size(s.dtype));
+    in.kv_bytes_per_token = 2LL * s.head_size * elem;
+    in.mem_bytes_per_us = memory_bytes_per_us(s.device.index);
+    in.cta_tokens_per_us = k.spec->cta_tokens_per_us * 128.0 / std::max(s.head_size, 128);
+  }
   return in;
 }
 

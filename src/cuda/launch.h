@@ -22,10 +22,10 @@ struct AttentionInstance {
   /// Tensor-core path (float16/bfloat16 queries, head_size <= 128); nullptr elsewhere.
   void (*launch_mma)(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream);
   int (*mma_ctas_per_sm)();
-  /// Hopper bulk-copy path (float16/bfloat16 queries; `rows` per CTA: 8 or 16); nullptr
-  /// elsewhere or when not built.
-  void (*launch_bulk)(const AttentionKernelParams& kp, int rows, dim3 grid, cudaStream_t stream);
-  int (*bulk_ctas_per_sm)(int rows);
+  /// Hopper bulk-copy path (float16/bfloat16 queries; `rows` per CTA: 8, 16 or 32; a ring of
+  /// `ring` units, KernelSpec::ring); nullptr elsewhere or when not built.
+  void (*launch_bulk)(const AttentionKernelParams& kp, int rows, int ring, dim3 grid, cudaStream_t stream);
+  int (*bulk_ctas_per_sm)(int rows, int ring);
 };
 
 /// Which kernel runs a call (kernel_registry.h): the tensor-core one where it is built and
@@ -58,9 +58,9 @@ void launch_attention_mma(const AttentionKernelParams& kp, dim3 grid, cudaStream
 template <typename T, int C, int D>
 int attention_mma_ctas_per_sm();
 template <typename T, int C, int D>
-void launch_attention_bulk(const AttentionKernelParams& kp, int rows, dim3 grid, cudaStream_t stream);
+void launch_attention_bulk(const AttentionKernelParams& kp, int rows, int ring, dim3 grid, cudaStream_t stream);
 template <typename T, int C, int D>
-int attention_bulk_ctas_per_sm(int rows);
+int attention_bulk_ctas_per_sm(int rows, int ring);
 
 /// Compute capability of a device as 10 * major + minor (cached per device).
 int device_sm(int device);

@@ -102,45 +102,49 @@ int attention_mma_ctas_per_sm() {
 }
 
 /// The bulk kernel with `kGroups` row groups of consumer warps, each warp on NH n-tiles of 8
-/// query rows (the kernel reads the group count from its block size and sizes its ring from
-/// it). Its shared-memory attribute is the larger of its two launches, so either fits
-/// whichever came first.
-template <typename T, int C, int D, int NH, int kGroups, bool kVar>
+/// query rows, and a ring of `kRing` units (BulkTraits::stages; the kernel reads its group
+/// count from its block size and its slot count from ring_slots). Its shared-memory attribute
+/// is the larger of its launches, so either fits whichever came first.
+template <typename T, int C, int D, int NH, int kGroups, int kRing, bool kVar>
 struct BulkLaunch {
   using Tr = BulkTraits<T, static_cast<CacheKind>(C), D, NH>;
   static constexpr auto kKernel = paged_attention_bulk_kernel<T, static_cast<CacheKind>(C), D, NH, kVar>;
-  static constexpr int kSmem = Tr::launch_bytes(kGroups), kAttr = Tr::attr_bytes();
+  static constexpr int kSmem = Tr::launch_bytes(kRing), kAttr = Tr::attr_bytes();
   static void launch(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
-    launch_kernel<kKernel, kSmem, bulk_threads(kGroups), kAttr>(kp, grid, stream, "paged_attention_bulk_kernel launch");
+    AttentionKernelParams k = kp;
+    k.ring_slots = Tr::stages(kRing);
+    launch_kernel<kKernel, kSmem, bulk_threads(kGroups), kAttr>(k, grid, stream, "paged_attention_bulk_kernel launch");
   }
   static int ctas_per_sm() { return resident_ctas<kKernel, kSmem, bulk_threads(kGroups), kAttr>(); }
 };
-/// The bulk kernel's shapes, by rows per CTA: 8 (one group, one n-tile: hopper_bulk_r8), 16
-/// (two groups: _r16) and, up to kBulkWideMaxHead, 32 (two groups of two n-tiles: _r32).
-template <typename T, int C, int D, int NH, int kGroups>
-void launch_bulk_shape(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) {
-  if (needs_variant_kernel(kp)) return BulkLaunch<T, C, D, NH, kGroups, true>::launch(kp, grid, stream);
-  BulkLaunch<T, C, D, NH, kGroups, false>::launch(kp, grid, stream);
-}
-static_assert(kBulkMaxGroups == 2, "the bulk kernel's shapes have one row group or two");
 
-/// The bulk kernel with `rows` (8, 16 or 32) query rows per CTA.
-template <typename T, int C, int D>
-void launch_attention_bulk(const AttentionKernelParams& kp, int rows, dim3 grid, cudaStream_t stream) {
+/// The bulk kernel's shapes (kernel_registry.h): rows per CTA 8 (one row group, one n-tile:
+/// hopper_bulk_r8 with a one-unit ring, _r8_deep with two), 16 (two groups: _r16) and, up to
+/// kBulkWideMaxHead, 32 (two groups of two n-tiles: _r32); calls `f` with the BulkLaunch of the
+/// plain kernel (kVar = false) as a type tag, so launch and occupancy map shapes alike.
+template <typename T, int C, int D, bool kVar, typename F>
+decltype(auto) with_bulk_shape(int rows, int ring, F&& f) {
+  static_assert(kBulkMaxGroups == 2 && kBulkMaxRing == 2, "the bulk kernel's shapes have one or two row groups and ring units");
   if (rows == 4 * kBulkRows) {
-    if constexpr (D <= kBulkWideMaxHead) return launch_bulk_shape<T, C, D, 2, 2>(kp, grid, stream);
+    if constexpr (D <= kBulkWideMaxHead) return f(BulkLaunch<T, C, D, 2, 2, 2, kVar>{});
     fail(ErrorCode::kUnsupported, "hopper_bulk_r32 needs head_size <= ", kBulkWideMaxHead, "; head_size is ", D);
   }
-  if (rows == 2 * kBulkRows) return launch_bulk_shape<T, C, D, 1, 2>(kp, grid, stream);
-  launch_bulk_shape<T, C, D, 1, 1>(kp, grid, stream);
+  if (rows == 2 * kBulkRows) return f(BulkLaunch<T, C, D, 1, 2, 2, kVar>{});
+  if (ring == 2) return f(BulkLaunch<T, C, D, 1, 1, 2, kVar>{});
+  return f(BulkLaunch<T, C, D, 1, 1, 1, kVar>{});
+}
+
+/// The bulk kernel with `rows` (8, 16 or 32) query rows per CTA and a ring of `ring` units.
+template <typename T, int C, int D>
+void launch_attention_bulk(const AttentionKernelParams& kp, int rows, int ring, dim3 grid, cudaStream_t stream) {
+  const auto go = [&](auto shape) { decltype(shape)::launch(kp, grid, stream); };
+  if (needs_variant_kernel(kp)) return with_bulk_shape<T, C, D, true>(rows, ring, go);
+  with_bulk_shape<T, C, D, false>(rows, ring, go);
 }
 
 template <typename T, int C, int D>
-int attention_bulk_ctas_per_sm(int rows) {
-  if constexpr (D <= kBulkWideMaxHead) {
-    if (rows == 4 * kBulkRows) return BulkLaunch<T, C, D, 2, 2, false>::ctas_per_sm();
-  }
-  return rows == 2 * kBulkRows ? BulkLaunch<T, C, D, 1, 2, false>::ctas_per_sm() : BulkLaunch<T, C, D, 1, 1, false>::ctas_per_sm();
+int attention_bulk_ctas_per_sm(int rows, int ring) {
+  return with_bulk_shape<T, C, D, false>(rows, ring, [](auto shape) { return decltype(shape)::ctas_per_sm(); });
 }
 
 template <typename T, int C, int D>

@@ -2,6 +2,7 @@
 // input, and the decisions measured on the H100 (docs/performance.md, v0.3).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <sstream>
 #include <string>
 
@@ -72,7 +73,19 @@ TEST(SplitPlan, PropertiesHoldOnRandomShapes) {
     in.sm_count = static_cast<int>(rng.randint(1, 200));
     in.ctas_per_sm = static_cast<int>(rng.randint(1, 8));
     in.pinned_splits = rng.coin(0.2) ? static_cast<int>(rng.randint(0, 400)) : 0;
+    if (rng.coin(0.3)) {  // the time model (kernels with an SM alone)
+      in.kv_bytes_per_token = rng.coin() ? 512 : static_cast<long long>(rng.randint(16, 4096));
+      in.mem_bytes_per_us = static_cast<double>(rng.randint(1000000, 8000000));
+      in.cta_tokens_per_us = static_cast<double>(rng.randint(10, 400));
+    }
     expect_valid(in);
+    if (in.cta_tokens_per_us > 0.0 && in.pinned_splits == 0 && !in.batch_invariant) {
+      const SplitPlan plan = plan_splits(in);
+      const long long ctas = static_cast<long long>(in.num_seqs) * in.num_kv_heads * in.head_tiles * plan.num_splits;
+      if (plan.num_splits > 1)
+        EXPECT_LE(ctas, static_cast<long long>(in.sm_count) * in.ctas_per_sm) << "the time model splits within one wave; "
+                                                                               << describe(in);
+    }
     if (in.pinned_splits > 0) {
       const SplitPlan fixed = fixed_split_plan(in.max_seq_len, in.pinned_splits);
       EXPECT_EQ(plan_splits(in).num_splits, fixed.num_splits) << "a pinned count overrides the model and the mode";
@@ -140,6 +153,36 @@ TEST(SplitPlan, FixedPlanCoversTheSpan) {
   EXPECT_EQ(fixed_split_plan(1000, 3).partition_size, 352);  // 334 rounded up to 32
   EXPECT_EQ(fixed_split_plan(1000, 3).num_splits, 3);
   EXPECT_EQ(fixed_split_plan(40, 8).num_splits, 2);  // 32-token partitions: two cover 40
+}
+
+// The time model (hopper_bulk_r8_deep on the H200: one CTA per SM, ~125 tokens/us a CTA at head
+// 128, ~4270 GB/s): the plans measured best with pinned split counts (docs/performance.md v0.10).
+TEST(SplitPlan, TimeModelMatchesMeasuredBestPlans) {
+  auto deep = [](int num_seqs, int max_len, long long bytes_per_token = 512, int head = 128) {
+    SplitInputs in = shape(num_seqs, 8, max_len, 1);
+    in.kv_bytes_per_token = bytes_per_token;
+    in.mem_bytes_per_us = 4.27e6;
+    in.cta_tokens_per_us = 125.0 * 128 / std::max(head, 128);
+    return plan_splits(in).num_splits;
+  };
+  EXPECT_EQ(deep(8, 4096), 1);    // 38.2 us; 2 splits 41.0
+  EXPECT_EQ(deep(8, 2048), 1);    // 23.2 us; 2 splits 27.0
+  EXPECT_EQ(deep(8, 512), 1);     // 10.0 us; 2 splits 13.9
+  EXPECT_EQ(deep(16, 8192), 1);   // 128 CTAs: one wave already
+  EXPECT_EQ(deep(1, 32768), 16);  // 41.3 us; 8 splits 41.9, 32 (two waves) 47.7
+  EXPECT_EQ(deep(1, 131072), 16);  // 129.6 us; 32 splits 134.9
+  EXPECT_EQ(deep(8, 8192, 256), 2);  // fp8: 44.5 us; one pass 71.5 (the CTAs' own rate)
+  // a forced deep kernel on a grid beyond one wave: no split
+  EXPECT_EQ(deep(64, 8192), 1);
+  // the hint: a mixed batch's bytes are its tokens', partitions of at least 512
+  SplitInputs in = shape(8, 8, 16384, 1);
+  in.kv_bytes_per_token = 512;
+  in.mem_bytes_per_us = 4.27e6;
+  in.cta_tokens_per_us = 125.0;
+  in.total_tokens = 8LL * 16384 / 4;
+  const SplitPlan mixed = plan_splits(in);
+  EXPECT_GT(mixed.num_splits, 1);
+  EXPECT_GE(mixed.partition_size, kPartitionSize);
 }
 
 // One CTA per SM or more with uniform lengths: no split (V1 measured fastest there: 32/16

@@ -403,6 +403,28 @@ TEST(KernelRegistry, AutoRule) {
   EXPECT_EQ(pick_sized(24, 128), "hopper_bulk_r32");
   EXPECT_EQ(pick_sized(16, 1000), "hopper_bulk_r16");  // 16 rows: never r32
   EXPECT_EQ(pick_sized(32, 1000, 192), "hopper_bulk_r16");  // head 192: no r32 code
+  // up to 8 rows: the ring of two (one CTA per SM) while the (sequence, kv head) CTAs number no
+  // more than the SMs; V2's grid counts its partitions
+  EXPECT_EQ(pick_sized(4, 64), "hopper_bulk_r8_deep");    // 32/8, batch 8
+  EXPECT_EQ(pick_sized(8, 132), "hopper_bulk_r8_deep");   // one CTA per SM exactly
+  EXPECT_EQ(pick_sized(8, 133), "hopper_bulk_r8");
+  EXPECT_EQ(pick_sized(2, 256), "hopper_bulk_r8");        // 32/16 batch 16: two per SM
+  EXPECT_EQ(pick_sized(4, 8, 256), "hopper_bulk_r8_deep");  // any head size
+  EXPECT_EQ(pick_sized(4, 0), "hopper_bulk_r8");          // the call's size unknown
+  EXPECT_EQ(pick_sized(16, 8), "hopper_bulk_r16");        // two row groups: the ring of two already
+  {
+    detail::cuda::AutoRuleInput in;
+    in.rows = 8;
+    in.has_tensor_core_instance = in.has_bulk_instance = true;
+    in.device_sm = in.code_sm = 90;
+    in.sm_count = 132;
+    in.kv_streams = 64;
+    in.fixed_partitions = true;
+    in.fixed_splits = 2;
+    EXPECT_EQ(std::string(detail::cuda::auto_kernel(in).name), "hopper_bulk_r8_deep");  // V2, 128 CTAs
+    in.fixed_splits = 3;
+    EXPECT_EQ(std::string(detail::cuda::auto_kernel(in).name), "hopper_bulk_r8");  // V2, 192 CTAs
+  }
   // V2's fixed 512-token partitions on sm_90: 3-4 rows of a 16-bit cache on CUDA cores, 2-4 rows
   // of an fp8 cache on the tensor-core kernel; the bulk kernel elsewhere
   EXPECT_EQ(pick(4, false, true, true, 90, 90, 128, true), "cuda_core_r4");
@@ -439,7 +461,7 @@ TEST(KernelRegistry, ForceRestoreAndReasons) {
   std::vector<std::string> names;
   for (const auto& k : detail::cuda::kernel_specs()) names.push_back(k.name);
   for (const char* want : {"cuda_core_r1", "cuda_core_r2", "cuda_core_r4", "tensor_core_r8", "hopper_bulk_r8",
-                           "hopper_bulk_r16", "hopper_bulk_r32"})
+                           "hopper_bulk_r8_deep", "hopper_bulk_r16", "hopper_bulk_r32"})
     EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want << " missing from the registry";
   EXPECT_EQ(detail::cuda::forced_kernel(), "");
   {
@@ -472,7 +494,7 @@ TEST(KernelRegistry, ForceRestoreAndReasons) {
             std::string::npos);
   // the Hopper kernel (every shape): 16-bit queries only, and a device of compute capability
   // 9.0 or newer
-  for (const char* name : {"hopper_bulk_r8", "hopper_bulk_r16", "hopper_bulk_r32"}) {
+  for (const char* name : {"hopper_bulk_r8", "hopper_bulk_r8_deep", "hopper_bulk_r16", "hopper_bulk_r32"}) {
     SCOPED_TRACE(name);
     EXPECT_NE(detail::cuda::kernel_unsupported_reason(name, DType::kFloat32, CacheDType::kAuto, 128), "");
     const detail::cuda::KernelSpec* hopper = nullptr;
