@@ -117,7 +117,8 @@ class Backend {
   /// Times `call(k)` for k = 0, 1, 2, ... one call per sample after `warmup` calls.
   virtual Samples time_eager(const std::function<void(int)>& call, int warmup, int iters) = 0;
   /// Captures `calls_per_graph` calls (k = 0 .. calls_per_graph-1) into one graph, replays it
-  /// `warmup` times, then times `iters` replays; each sample is replay time / calls_per_graph.
+  /// `warmup` times (CUDA: and for at least 30 ms), then times `iters` replays; each sample is
+  /// replay time / calls_per_graph.
   virtual Samples time_graph(const std::function<void(int)>& call, int calls_per_graph, int warmup,
                              int iters) = 0;
 

@@ -177,7 +177,7 @@ int run(int argc, char** argv) {
   std::string kernel;
   auto* o_kernel = app.add_option("--kernel", kernel,
                                   "CUDA: pin this registry kernel (cuda_core_r1, cuda_core_r2, "
-                                  "cuda_core_r4, tensor_core_r8, hopper_bulk_r8, hopper_bulk_r16, hopper_bulk_r32) on every entry point it runs "
+                                  "cuda_core_r4, tensor_core_r8, hopper_bulk_r8, hopper_bulk_r8_deep, hopper_bulk_r16, hopper_bulk_r32) on every entry point it runs "
                                   "(V1, V2, auto); \"\" = the auto rule");
   int splits = 0;
   auto* o_splits = app.add_option("--splits", splits,

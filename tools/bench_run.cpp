@@ -594,7 +594,7 @@ std::vector<Result> run_case(Backend& b, const Case& c, int case_index, const Ru
           // whole rotations, so every buffer is read equally often per replay
           r.calls_per_graph = (std::max(o.graph_calls, pr.num_buffers) + pr.num_buffers - 1) / pr.num_buffers *
                               pr.num_buffers;
-          s = b.time_graph(call, r.calls_per_graph, 2, o.graph_iters);
+          s = b.time_graph(call, r.calls_per_graph, std::max(2, o.warmup), o.graph_iters);
         }
         fill_timing(s, o, r);
         r.kernel_ran = b.last_kernel();
