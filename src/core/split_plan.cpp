@@ -12,6 +12,25 @@ constexpr int kMinPartition = 128;  // 4 tiles: one per warp
 constexpr int kMaxSplits = 256;
 constexpr SplitPlan kOnePass{1 << 30, 1};
 
+/// What both cost models read of a call: base CTAs (sequence x kv head x head tile), the SMs
+/// and resident slots, the longest span, the hinted tokens, and the most splits a candidate has.
+struct CallShape {
+  long long heads, base, sms, slots, max_len, total, most;
+  bool mixed;  ///< the total_tokens hint says the lengths differ
+};
+CallShape call_shape(const SplitInputs& in) {
+  CallShape c{};
+  c.heads = static_cast<long long>(in.num_kv_heads) * in.head_tiles;
+  c.base = in.num_seqs * c.heads;
+  c.sms = std::max(in.sm_count, 1);
+  c.slots = c.sms * std::max(in.ctas_per_sm, 1);
+  c.max_len = in.max_seq_len;
+  c.total = in.total_tokens;
+  c.mixed = c.total > 0 && c.total < in.num_seqs * c.max_len;
+  c.most = std::min<long long>(kMaxSplits, (c.max_len + kMinPartition - 1) / kMinPartition);
+  return c;
+}
+
 /// Splits for a kernel whose CTA has an SM alone (one wave: CTAs <= SMs x ctas_per_sm) and
 /// streams at most cta_tokens_per_us: a call's time is modelled as
 ///   (a split: kSplitUs) + max(all bytes / memory bandwidth, tokens of one CTA / its rate),
@@ -24,24 +43,18 @@ constexpr SplitPlan kOnePass{1 << 30, 1};
 /// the workspace reserves.
 SplitPlan time_model_plan(const SplitInputs& in) {
   constexpr double kSplitUs = 4.5;
-  const long long heads = static_cast<long long>(in.num_kv_heads) * in.head_tiles;
-  const long long base = in.num_seqs * heads;
-  const long long slots = static_cast<long long>(std::max(in.sm_count, 1)) * std::max(in.ctas_per_sm, 1);
-  const long long max_len = in.max_seq_len;
-  if (max_len <= kMinPartition || base <= 0) return kOnePass;
-  const long long total = in.total_tokens;
-  const bool mixed = total > 0 && total < in.num_seqs * max_len;
-  const double tokens = static_cast<double>(heads) * static_cast<double>(mixed ? total : in.num_seqs * max_len);
+  const CallShape c = call_shape(in);
+  if (c.max_len <= kMinPartition || c.base <= 0) return kOnePass;
+  const double tokens = static_cast<double>(c.heads) * static_cast<double>(c.mixed ? c.total : in.num_seqs * c.max_len);
   const double mem_us = tokens * static_cast<double>(in.kv_bytes_per_token) / in.mem_bytes_per_us;
-  const long long most = std::min<long long>(kMaxSplits, (max_len + kMinPartition - 1) / kMinPartition);
   double best_us = -1.0;
   SplitPlan best = kOnePass;
-  for (int n = 1; n <= most; ++n) {
-    const SplitPlan cand = fixed_split_plan(static_cast<int>(max_len), n);
+  for (int n = 1; n <= c.most; ++n) {
+    const SplitPlan cand = fixed_split_plan(static_cast<int>(c.max_len), n);
     if (cand.num_splits != n) continue;  // not reachable with 32-token partitions
-    if (n > 1 && base * n > slots) break;  // a second wave
-    if (mixed && n > 1 && cand.partition_size < kPartitionSize) continue;
-    const long long part = n == 1 ? max_len : cand.partition_size;
+    if (n > 1 && c.base * n > c.slots) break;  // a second wave
+    if (c.mixed && n > 1 && cand.partition_size < kPartitionSize) continue;
+    const long long part = n == 1 ? c.max_len : cand.partition_size;
     const double us = (n > 1 ? kSplitUs : 0.0) + std::max(mem_us, static_cast<double>(part) / in.cta_tokens_per_us);
     if (best_us < 0.0 || us <= best_us) {
       best_us = us;
@@ -74,22 +87,17 @@ SplitPlan plan_splits(const SplitInputs& in) {
   if (in.pinned_splits > 0) return fixed_split_plan(in.max_seq_len, in.pinned_splits);
   if (in.kv_bytes_per_token > 0 && in.mem_bytes_per_us > 0.0 && in.cta_tokens_per_us > 0.0 && !in.batch_invariant)
     return time_model_plan(in);
-  const long long heads = static_cast<long long>(in.num_kv_heads) * in.head_tiles;
-  const long long base = in.num_seqs * heads;
-  const long long sms = std::max(in.sm_count, 1);
-  const long long slots = sms * std::max(in.ctas_per_sm, 1);
-  const long long max_len = in.max_seq_len;
+  const CallShape c = call_shape(in);
+  const long long heads = c.heads, base = c.base, sms = c.sms, slots = c.slots, max_len = c.max_len, total = c.total;
+  const bool mixed = c.mixed;
   if (in.batch_invariant) {  // the same partitions for a sequence whatever its batch-mates
     const int parts = v2_max_num_partitions(in.max_seq_len);
     return parts <= 1 ? kOnePass : SplitPlan{kPartitionSize, parts};
   }
   if (max_len <= kMinPartition || base <= 0) return kOnePass;
-  const long long total = in.total_tokens;
-  const bool mixed = total > 0 && total < in.num_seqs * max_len;
-  const long long most = std::min<long long>(kMaxSplits, (max_len + kMinPartition - 1) / kMinPartition);
   long long best_cost = -1;
   SplitPlan best = kOnePass;
-  for (int n = 1; n <= most; ++n) {
+  for (int n = 1; n <= c.most; ++n) {
     const SplitPlan cand = fixed_split_plan(static_cast<int>(max_len), n);
     const long long splits = cand.num_splits;
     const long long part = splits == 1 ? (max_len + 31) / 32 * 32 : cand.partition_size;

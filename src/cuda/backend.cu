@@ -1,9 +1,6 @@
 // CUDA backend entry points for attention: V1, V2 (partition + reduce) and auto.
-#include <string>
-
 #include "core/backend.h"
 #include "core/check.h"
-#include "cuda/attention_bulk.cuh"
 #include "cuda/attention_kernel.cuh"
 #include "cuda/device_guard.h"
 #include "cuda/launch.h"
@@ -112,13 +109,9 @@ void launch_reduce(const PagedAttentionParams& p, const AttentionShape& s, const
 
 }  // namespace
 
-namespace {
-KernelChoice shallow_if_short(const KernelChoice& kc, long long tokens_per_cta);  // below, with the auto path
-}  // namespace
-
 void attention_v1(const PagedAttentionParams& p, const AttentionShape& s) {
   DeviceGuard guard(s.device.index);
-  const KernelChoice kc = shallow_if_short(choose_kernel(p, s), p.max_seq_len);
+  const KernelChoice kc = for_cta_tokens(choose_kernel(p, s), p.max_seq_len);
   check_grid(s, kc, "paged_attention_v1");
   AttentionKernelParams k = make_params(p, s, kc, "paged_attention_v1");
   k.partition_size = 1 << 30;  // one pass over the whole sequence (online softmax: no length limit)
@@ -144,25 +137,6 @@ void attention_v2(const PagedAttentionParams& p, const AttentionShape& s, const 
 }
 
 namespace {
-/// hopper_bulk_r8_deep, chosen by the auto rule, on a call whose CTAs stream no more than one
-/// ring stage per consumer warp (128 tokens): its ring is not what bounds them, and two r8 CTAs
-/// per SM let the next kernel's CTAs start beside it (programmatic dependent launch). Measured
-/// on the H200 (docs/performance.md, v0.10): batch 1 x 2k (16 splits of 128) 12.9 us deep, 12.2 r8;
-/// batch 2 x 1k 11.8 / 11.2. The r8 choice, else `kc` unchanged (a pinned kernel stays).
-KernelChoice shallow_if_short(const KernelChoice& kc, long long tokens_per_cta) {
-  if (kc.spec == nullptr || std::string(kc.spec->name) != "hopper_bulk_r8_deep" || !forced_kernel().empty() ||
-      tokens_per_cta > static_cast<long long>(kBulkConsumers) * kStageTokens)
-    return kc;
-  for (const auto& spec : kernel_specs())
-    if (spec.bulk_copy && spec.rows_per_cta == kc.spec->rows_per_cta && spec.ring == 1) {
-      KernelChoice r = kc;
-      r.spec = &spec;
-      r.ctas_per_sm = kc.inst->bulk_ctas_per_sm(r.heads, spec.ring);
-      return r;
-    }
-  return kc;
-}
-
 struct AutoLayout {
   KernelChoice kc;
   SplitPlan plan;
@@ -175,9 +149,9 @@ AutoLayout auto_layout(const PagedAttentionParams& p, const AttentionShape& s, c
   SplitInputs in = split_inputs(p, s, a.kc);
   a.plan = plan_splits(in);
   const long long part = a.plan.num_splits > 1 ? a.plan.partition_size : in.max_seq_len;
-  const KernelChoice shallow = shallow_if_short(a.kc, part);
-  if (shallow.spec != a.kc.spec) {
-    a.kc = shallow;
+  const KernelChoice refined = for_cta_tokens(a.kc, part);
+  if (refined.spec != a.kc.spec) {
+    a.kc = refined;
     in = split_inputs(p, s, a.kc);
     a.plan = plan_splits(in);
   }

@@ -5,8 +5,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
-
-#include "core/fp8_pairs.h"
 #include <cuda_runtime.h>
 
 #include <cstddef>
@@ -15,6 +13,7 @@
 
 #include "core/attention_rules.h"
 #include "core/check.h"
+#include "core/fp8_pairs.h"
 
 namespace pagedattn::detail::cuda {
 

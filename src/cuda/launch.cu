@@ -41,41 +41,50 @@ const AttentionInstance& find_instance(DType dtype, CacheDType cache, int head_s
 }
 
 namespace {
+/// A device property read once per device (devices 0-63; others are read on every call): the
+/// first positive value `read(device)` returns is kept.
+template <typename V, typename F>
+V per_device(std::atomic<V> (&cache)[64], int device, F&& read) {
+  if (device >= 0 && device < 64 && cache[device].load() > V(0)) return cache[device].load();
+  const V v = read(device);
+  if (device >= 0 && device < 64) cache[device].store(v);
+  return v;
+}
+
 int sm_count(int device) {
   static std::atomic<int> cached[64] = {};
-  if (device >= 0 && device < 64 && cached[device].load() > 0) return cached[device].load();
-  int n = 0;
-  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute(SM count)");
-  if (device >= 0 && device < 64) cached[device].store(n);
-  return n;
+  return per_device(cached, device, [](int d) {
+    int n = 0;
+    check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, d), "cudaDeviceGetAttribute(SM count)");
+    return n;
+  });
+}
+
+/// The memory bandwidth the split planner's time model assumes: peak (memory clock x bus width,
+/// double data rate) x 0.89, what a stream reaches (H200: 4814 GB/s peak, ~4270 copied).
+double memory_bytes_per_us(int device) {
+  static std::atomic<double> cached[64] = {};
+  return per_device(cached, device, [](int d) {
+    int clock_khz = 0, bus_bits = 0;
+    check_cuda(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, d), "cudaDeviceGetAttribute(memory clock)");
+    check_cuda(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, d),
+               "cudaDeviceGetAttribute(memory bus width)");
+    const double bw = 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e6 * 0.89;
+    return bw > 0.0 ? bw : 4.27e6;  // a device that reports neither: the H200's
+  });
 }
 }  // namespace
 
-double memory_bytes_per_us(int device) {
-  static std::atomic<double> cached[64] = {};
-  if (device >= 0 && device < 64 && cached[device].load() > 0.0) return cached[device].load();
-  int clock_khz = 0, bus_bits = 0;
-  check_cuda(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, device), "cudaDeviceGetAttribute(memory clock)");
-  check_cuda(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, device),
-             "cudaDeviceGetAttribute(memory bus width)");
-  // double data rate; a stream reaches ~89% of the peak (H200: ~4270 of 4800 GB/s copied)
-  double bw = 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e6 * 0.89;
-  if (!(bw > 0.0)) bw = 4.27e6;  // a device that reports neither: the H200's
-  if (device >= 0 && device < 64) cached[device].store(bw);
-  return bw;
-}
-
 int device_sm(int device) {
   static std::atomic<int> cached[64] = {};
-  if (device >= 0 && device < 64 && cached[device].load() > 0) return cached[device].load();
-  int major = 0, minor = 0;
-  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
-             "cudaDeviceGetAttribute(compute capability)");
-  check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device),
-             "cudaDeviceGetAttribute(compute capability)");
-  const int sm = 10 * major + minor;
-  if (device >= 0 && device < 64) cached[device].store(sm);
-  return sm;
+  return per_device(cached, device, [](int d) {
+    int major = 0, minor = 0;
+    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d),
+               "cudaDeviceGetAttribute(compute capability)");
+    check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, d),
+               "cudaDeviceGetAttribute(compute capability)");
+    return 10 * major + minor;
+  });
 }
 
 namespace {
@@ -97,12 +106,11 @@ void fail_no_kernel_image(const char* what) {
 
 int code_sm(int device) {
   static std::atomic<int> cached[64] = {};
-  if (device >= 0 && device < 64 && cached[device].load() > 0) return cached[device].load();
-  cudaFuncAttributes a{};
-  check_cuda(cudaFuncGetAttributes(&a, arch_probe_kernel), "cudaFuncGetAttributes");
-  const int sm = a.ptxVersion;  // the virtual architecture the code was compiled for (__CUDA_ARCH__ / 10)
-  if (device >= 0 && device < 64) cached[device].store(sm);
-  return sm;
+  return per_device(cached, device, [](int) {  // the current device (the callers' guard made it `device`)
+    cudaFuncAttributes a{};
+    check_cuda(cudaFuncGetAttributes(&a, arch_probe_kernel), "cudaFuncGetAttributes");
+    return a.ptxVersion;  // the virtual architecture the code was compiled for (__CUDA_ARCH__ / 10)
+  });
 }
 
 bool pdl_enabled() {
@@ -313,6 +321,7 @@ KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& 
   const int code = code_sm(s.device.index);  // also: no code for this GPU fails here, clearly
   if (const KernelSpec* forced = g_forced.load()) {
     k.spec = forced;
+    k.pinned = true;
     const std::string why = kernel_unsupported_reason(*k.spec, has_mma, has_bulk, sm, code, s.head_size);
     if (!why.empty())
       fail(ErrorCode::kUnsupported, "forced kernel ", forced->name, " cannot run query dtype ", dtype_name(s.dtype),
@@ -338,6 +347,15 @@ KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& 
   k.head_tiles = static_cast<int>((rows + k.heads - 1) / k.heads);
   k.ctas_per_sm = k.bulk ? k.inst->bulk_ctas_per_sm(k.heads, k.spec->ring) : k.mma ? k.inst->mma_ctas_per_sm() : k.inst->ctas_per_sm(k.heads);
   return k;
+}
+
+KernelChoice for_cta_tokens(const KernelChoice& k, long long tokens_per_cta) {
+  const KernelSpec& deep = spec_with(true, true, kBulkRows, kBulkMaxRing);
+  if (k.pinned || k.spec != &deep || tokens_per_cta > static_cast<long long>(kBulkConsumers) * kStageTokens) return k;
+  KernelChoice r = k;  // same rows, tiles and paths: only the ring (and so the occupancy) differs
+  r.spec = &spec_with(true, true, kBulkRows, 1);
+  r.ctas_per_sm = k.inst->bulk_ctas_per_sm(r.heads, r.spec->ring);
+  return r;
 }
 
 SplitInputs split_inputs(const PagedAttentionParams& p, const AttentionShape& s, const KernelChoice& k) {

@@ -40,10 +40,19 @@ struct KernelChoice {
   int heads;        ///< query rows per CTA
   int head_tiles;   ///< CTAs along one (sequence, kv head): ceil(max_q_len * group / heads)
   int ctas_per_sm;  ///< occupancy, for the split planner
+  bool pinned;      ///< force_kernel() chose it, not the auto rule
   void launch(const AttentionKernelParams& kp, dim3 grid, cudaStream_t stream) const;
 };
 /// `fixed_partitions`: the call runs V2's 512-token partitions (the rule differs there).
 KernelChoice choose_kernel(const PagedAttentionParams& p, const AttentionShape& s, bool fixed_partitions = false);
+
+/// The auto rule's second look, once the call's tokens per CTA are known (V1: its longest span;
+/// auto: the plan's partition): hopper_bulk_r8_deep becomes hopper_bulk_r8 where a CTA streams
+/// one ring stage per consumer warp or less (128 tokens): the deep ring does not matter there,
+/// and two CTAs per SM let the next kernel's CTAs start beside it (programmatic dependent
+/// launch). Measured on the H200 (docs/performance.md, v0.10): batch 1 x 2k in 16 splits 12.9 us
+/// deep, 12.2 r8; batch 2 x 1k 11.8 / 11.2. Any other choice, and a pinned kernel, stay.
+KernelChoice for_cta_tokens(const KernelChoice& k, long long tokens_per_cta);
 
 /// Looks the instance up in the generated table; kUnsupported if this build lacks it.
 const AttentionInstance& find_instance(DType dtype, CacheDType cache, int head_size);
